@@ -1,0 +1,80 @@
+"""Deterministic, resumable clip streams over a clip source.
+
+Sample k of the training stream is a pure function of (seed, k): the position in the stream follows
+from the optimizer step alone, so a resumed run sees exactly the clips the uninterrupted run saw,
+whatever the number of workers or ranks.
+"""
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from data.sources import BadClipError, ClipSource
+
+log = logging.getLogger(__name__)
+
+EVAL_STREAM = 1  # keeps evaluation clips disjoint from training clips of the same seed
+
+
+def draw_clip(
+    source: ClipSource, seed: int, index: int, *, stream: int = 0, max_retries: int = 8
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Clip `index` of a stream, redrawing after bad inputs; returns (clip, number skipped)."""
+    for attempt in range(max_retries):
+        rng = np.random.default_rng([seed, index, attempt, stream])
+        try:
+            return source.sample_clip(rng), attempt
+        except BadClipError as err:
+            log.warning("skipped bad input (%s); drawing another clip", err)
+    raise RuntimeError(f"{max_retries} consecutive bad inputs while drawing clip {index}; check the data")
+
+
+class ClipStream(IterableDataset):
+    """Infinite training stream; batch b of rank r holds samples ((b * world + r) * B + j)."""
+
+    def __init__(
+        self,
+        source: ClipSource,
+        *,
+        batch_size: int,
+        seed: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        # the DataLoader takes whole batches round-robin from workers: worker w serves w, w+W, ...
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        batch = self.start_batch + worker
+        while True:
+            first = (batch * self.world_size + self.rank) * self.batch_size
+            for index in range(first, first + self.batch_size):
+                clip, skipped = draw_clip(self.source, self.seed, index)
+                if skipped:
+                    self.skipped += skipped
+                    log.warning("worker %d: %d bad inputs skipped so far", worker, self.skipped)
+                yield clip
+            batch += num_workers
+
+
+class FixedClips(Dataset):
+    """A finite, reproducible evaluation set of `num_clips` clips drawn from a source."""
+
+    def __init__(self, source: ClipSource, *, num_clips: int, seed: int) -> None:
+        self.source, self.num_clips, self.seed = source, num_clips, seed
+
+    def __len__(self) -> int:
+        return self.num_clips
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.num_clips:
+            raise IndexError(index)
+        return draw_clip(self.source, self.seed, index, stream=EVAL_STREAM)[0]

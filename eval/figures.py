@@ -1,0 +1,36 @@
+"""Figures as PNG files (matplotlib, headless)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def image_grid(rows: list[tuple[str, list[torch.Tensor | None]]], path: str | Path, *, col_titles: list[str] | None = None, cell: float = 1.6) -> Path:
+    """Rows of images (H, W, 3) float in [0, 1] or uint8 (3, H, W); None leaves a blank cell."""
+    num_cols = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), num_cols, figsize=(cell * num_cols + 1.2, cell * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(num_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            image = images[c] if c < len(images) else None
+            if image is not None:
+                if image.dtype == torch.uint8:
+                    image = image.permute(1, 2, 0)
+                ax.imshow(image.cpu().numpy(), interpolation="nearest")
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if r == 0 and col_titles and c < len(col_titles):
+                ax.set_title(col_titles[c], fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

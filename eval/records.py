@@ -1,0 +1,64 @@
+"""Tidy metric records: every evaluation writes a list of {dataset, method, horizon, metric, value}."""
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Record:
+    dataset: str
+    method: str
+    horizon: int
+    metric: str
+    value: float
+
+
+class MeanAccumulator:
+    """Sample-weighted running means keyed by (method, horizon, metric)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[str, int, str], float] = defaultdict(float)
+        self.counts: dict[tuple[str, int, str], int] = defaultdict(int)
+
+    def add(self, method: str, horizon: int, metric: str, value: float, count: int) -> None:
+        key = (method, horizon, metric)
+        self.sums[key] += float(value) * count
+        self.counts[key] += count
+
+    def records(self, dataset: str) -> list[Record]:
+        return [Record(dataset, m, h, k, self.sums[(m, h, k)] / self.counts[(m, h, k)]) for (m, h, k) in self.sums]
+
+
+def write_metrics(records: list[Record], path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps([asdict(r) for r in records], indent=1))
+    return path
+
+
+def read_metrics(path: str | Path) -> list[Record]:
+    return [Record(**r) for r in json.loads(Path(path).read_text())]
+
+
+def metrics_table(records: list[Record], *, lower_is_better: tuple[str, ...] = ("feat_loss", "depth_rmse")) -> str:
+    """Markdown table: one row per (dataset, method), one column per (metric, horizon); best in bold."""
+    columns = sorted({(r.metric, r.horizon) for r in records})
+    rows = list(dict.fromkeys((r.dataset, r.method) for r in records))
+    value = {(r.dataset, r.method, r.metric, r.horizon): r.value for r in records}
+    best = {}
+    for dataset in {d for d, _ in rows}:
+        for metric, horizon in columns:
+            vals = [value[k] for k in value if k[0] == dataset and k[2] == metric and k[3] == horizon]
+            if vals:
+                best[(dataset, metric, horizon)] = (min if metric in lower_is_better else max)(vals)
+    header = "| dataset | method | " + " | ".join(f"{m} h={h}" for m, h in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    for dataset, method in rows:
+        cells = []
+        for metric, horizon in columns:
+            v = value.get((dataset, method, metric, horizon))
+            text = "" if v is None else f"{v:.4g}"
+            cells.append(f"**{text}**" if v is not None and v == best.get((dataset, metric, horizon)) else text)
+        lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

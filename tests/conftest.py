@@ -1,0 +1,47 @@
+"""Tiny random-init models and generated data shared by the suite."""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from data.sources import SyntheticSource
+from tokenizer.backbone import build_backbone
+from tokenizer.deltatok import DeltaTok
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+FRAME = 56  # 4x4 patch grid at patch 14
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_backbone(img_size=FRAME, arch={"depth": 2, "embed_dim": 64, "num_heads": 4})
+
+
+def make_deltatok(backbone, **kw) -> DeltaTok:
+    torch.manual_seed(0)
+    return DeltaTok(dim=backbone.dim, num_heads=backbone.num_heads, depth=kw.pop("depth", 2), **kw)
+
+
+@pytest.fixture
+def tiny_deltatok(tiny_backbone):
+    return make_deltatok(tiny_backbone)
+
+
+def synthetic_batch(batch: int = 2, frames: int = 4, size: int = FRAME, seed: int = 0) -> dict:
+    source = SyntheticSource(num_frames=frames, height=size, width=size)
+    clips = [source.sample_clip(np.random.default_rng([seed, i])) for i in range(batch)]
+    return {k: torch.stack([c[k] for c in clips]) for k in clips[0]}
+
+
+def compose_train(overrides: list[str], tmp_path, config_name: str = "train"):
+    """The `deltaworld train` config with a run directory under tmp_path."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=[f"run_dir={tmp_path}", *overrides])

@@ -1,0 +1,66 @@
+"""Numerical parity with the reference implementation's test vectors (../shared/reference)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tokenizer.deltatok import DeltaTok
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+ATOL = 1e-5
+pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference vectors not found at {REFERENCE}")
+
+
+def split(name: str) -> tuple[dict, dict]:
+    tensors = load_file(str(REFERENCE / name))
+    weights = {k: v for k, v in tensors.items() if not k.startswith("test.")}
+    vectors = {k.removeprefix("test."): v for k, v in tensors.items() if k.startswith("test.")}
+    return weights, vectors
+
+
+@pytest.fixture(scope="module")
+def reference_deltatok():
+    weights, vectors = split("deltatok_tiny.safetensors")
+    tok = DeltaTok(dim=64, num_heads=4, depth=2)
+    tok.load_state_dict(weights, strict=True)  # the reference key set, unchanged
+    return tok.eval(), vectors
+
+
+def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+@torch.no_grad()
+def test_patch_rope_tables(reference_deltatok):
+    tok, ref = reference_deltatok
+    cos, sin = tok.rope((4, 4))
+    assert max_error(cos, ref["rope_cos"]) < ATOL and max_error(sin, ref["rope_sin"]) < ATOL
+
+
+@torch.no_grad()
+def test_encode_decode_and_every_block(reference_deltatok):
+    tok, ref = reference_deltatok
+    outs = {}
+    hooks = [b.register_forward_hook(lambda m, i, o, n=f"encoder_block_out.{k}": outs.__setitem__(n, o)) for k, b in enumerate(tok.encoder_blocks)]
+    hooks += [b.register_forward_hook(lambda m, i, o, n=f"decoder_block_out.{k}": outs.__setitem__(n, o)) for k, b in enumerate(tok.decoder_blocks)]
+    z = tok.encode(ref["x"], ref["y"], (4, 4))
+    y_hat = tok.decode(ref["z"], ref["x"], (4, 4))
+    for h in hooks:
+        h.remove()
+    assert max_error(z, ref["z"]) < ATOL
+    assert max_error(y_hat, ref["y_hat"]) < ATOL
+    for name, value in outs.items():
+        assert max_error(value, ref[name]) < ATOL, name
+
+
+@torch.no_grad()
+def test_three_frame_closed_loop_and_teacher_forced_tokens(reference_deltatok):
+    tok, ref = reference_deltatok
+    feats, black = ref["rollout.features"], ref["rollout.black_features"]
+    tokens, recon = tok.reconstruct(feats, (4, 4), black)
+    assert max_error(tokens, ref["rollout.z"]) < ATOL
+    assert max_error(recon, ref["rollout.y_hat"]) < ATOL
+    offline = tok.tokenize(feats, (4, 4), black)
+    assert max_error(offline, ref["rollout.tokens_offline"]) < ATOL

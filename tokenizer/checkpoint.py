@@ -1,0 +1,86 @@
+"""Checkpoint IO: atomic writes, `weights_only` loading, safetensors export."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
+    truncated checkpoint behind, and a reader sees either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO with atomic writes and `weights_only=True` reads."""
+
+    def save_checkpoint(self, checkpoint: dict, path: str, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: str, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def export_safetensors(module: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Save a module's state dict as safetensors (atomically); `metadata` is stored as JSON strings."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """State dict from a .safetensors file or a Lightning/torch checkpoint (read with weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu"):
+    """Frozen (backbone, DeltaTok) from a file written by `deltaworld train` (config embedded)."""
+    from hydra.utils import instantiate
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer checkpoint not found: {path}")
+    meta = read_metadata(path)
+    if "backbone" not in meta or "tokenizer" not in meta:
+        raise ValueError(f"{path} carries no tokenizer config; export it with `deltaworld train`")
+    backbone = instantiate(meta["backbone"])
+    deltatok = instantiate(meta["tokenizer"])(dim=backbone.dim, num_heads=backbone.num_heads)
+    deltatok.load_state_dict(load_file(str(path)))
+    deltatok.requires_grad_(False).eval()
+    return backbone.to(device), deltatok.to(device)
