@@ -64,3 +64,47 @@ def test_three_frame_closed_loop_and_teacher_forced_tokens(reference_deltatok):
     assert max_error(recon, ref["rollout.y_hat"]) < ATOL
     offline = tok.tokenize(feats, (4, 4), black)
     assert max_error(offline, ref["rollout.tokens_offline"]) < ATOL
+
+
+@pytest.fixture(scope="module")
+def reference_predictor():
+    from worldmodel.predictor import Predictor
+
+    weights, vectors = split("predictor_tiny.safetensors")
+    predictor = Predictor(dim=64, context_dim=64, depth=2, num_heads=4, rope_dim=12)
+    predictor.load_state_dict(weights, strict=True)
+    return predictor.eval(), vectors
+
+
+@torch.no_grad()
+def test_predictor_with_and_without_causal_mask(reference_predictor):
+    from worldmodel.best_of_n import causal_mask
+
+    predictor, ref = reference_predictor
+    mask = causal_mask(ref["q_indices"], ref["k_indices"])
+    assert torch.equal(mask, ref["mask"])
+    outs = {}
+    hooks = [b.register_forward_hook(lambda m, i, o, n=f"block_out.{k}": outs.__setitem__(n, o)) for k, b in enumerate(predictor.blocks)]
+    out = predictor(ref["q"], ref["pos_q"], context=ref["kv"], pos_k=ref["pos_k"], mask=mask)
+    for h in hooks:
+        h.remove()
+    assert max_error(out, ref["out"]) < ATOL
+    for name, value in outs.items():
+        assert max_error(value, ref[name]) < ATOL, name
+    nomask = predictor(ref["q"], ref["pos_q"], context=ref["kv"], pos_k=ref["pos_k"])
+    assert max_error(nomask, ref["out_nomask"]) < ATOL
+
+
+@torch.no_grad()
+def test_best_of_many_selection(reference_predictor):
+    from tokenizer.losses import feature_loss
+    from worldmodel.best_of_n import select_best_queries
+
+    predictor, ref = reference_predictor
+    best, losses, argmin = select_best_queries(
+        predictor, ref["bom.q_samples"], ref["bom.kv"], ref["bom.targets"],
+        ref["bom.pos_q"], ref["bom.pos_k"], feature_loss("smooth_l1", beta=0.1),
+    )
+    assert max_error(losses, ref["bom.losses"]) < ATOL
+    assert torch.equal(argmin, ref["bom.argmin"])
+    assert torch.equal(best, ref["bom.q_best"])
