@@ -34,6 +34,7 @@ class Backbone(nn.Module):
         cfg = model.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1) * 255, persistent=False)
+        self._black: dict[tuple, torch.Tensor] = {}
         self.requires_grad_(False)
         self.eval()
 
@@ -65,9 +66,15 @@ class Backbone(nn.Module):
         return rearrange(feats, "(b t) n d -> b t n d", b=b)
 
     def black_features(self, height: int, width: int) -> torch.Tensor:
-        """Features (N, D) of an all-black frame: the 'previous frame' of a clip's first frame."""
-        black = torch.zeros(1, 1, 3, height, width, dtype=torch.uint8, device=self.mean.device)
-        return self(black)[0, 0]
+        """Features (N, D) of an all-black frame: the 'previous frame' of a clip's first frame.
+
+        Cached per size, device and autocast state: the weights are frozen, so they never change.
+        """
+        key = (height, width, self.mean.device, torch.is_autocast_enabled(self.mean.device.type))
+        if key not in self._black:
+            black = torch.zeros(1, 1, 3, height, width, dtype=torch.uint8, device=self.mean.device)
+            self._black[key] = self(black)[0, 0]
+        return self._black[key]
 
 
 def build_backbone(
