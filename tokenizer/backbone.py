@@ -35,6 +35,7 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1) * 255, persistent=False)
         self._black: dict[tuple, torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(lambda module, _: module._black.clear())
         self.requires_grad_(False)
         self.eval()
 
@@ -68,7 +69,7 @@ class Backbone(nn.Module):
     def black_features(self, height: int, width: int) -> torch.Tensor:
         """Features (N, D) of an all-black frame: the 'previous frame' of a clip's first frame.
 
-        Cached per size, device and autocast state: the weights are frozen, so they never change.
+        Cached per size, device and autocast state (the weights are frozen; loading new ones clears it).
         """
         key = (height, width, self.mean.device, torch.is_autocast_enabled(self.mean.device.type))
         if key not in self._black:
