@@ -16,11 +16,11 @@ from data.sources import BadClipError, ClipSource
 
 log = logging.getLogger(__name__)
 
-EVAL_STREAM = 1  # keeps evaluation clips disjoint from training clips of the same seed
+TRAIN_STREAM, EVAL_STREAM = 0, 1  # evaluation clips stay disjoint from training clips of the same seed
 
 
 def draw_clip(
-    source: ClipSource, seed: int, index: int, *, stream: int = 0, max_retries: int = 8
+    source: ClipSource, seed: int, index: int, *, stream: int = TRAIN_STREAM, max_retries: int = 8
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Clip `index` of a stream, redrawing after bad inputs; returns (clip, number skipped)."""
     for attempt in range(max_retries):
@@ -32,44 +32,49 @@ def draw_clip(
     raise RuntimeError(f"{max_retries} consecutive bad inputs while drawing clip {index}; check the data")
 
 
-class ClipStream(IterableDataset):
-    """Infinite training stream; batch b of rank r holds samples ((b * world + r) * B + j)."""
+class PositionedStream(IterableDataset):
+    """Base of the infinite training streams: batch b of rank r holds samples ((b * world + r) * B + j),
+    starting at batch `start_batch`; what a sample index yields is up to the subclass."""
 
-    def __init__(
-        self,
-        source: ClipSource,
-        *,
-        batch_size: int,
-        seed: int,
-        start_batch: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.source, self.batch_size, self.seed = source, batch_size, seed
+    def __init__(self, *, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.batch_size, self.seed = batch_size, seed
         self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
-        self.skipped = 0
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def indices(self) -> Iterator[int]:
+        """Endless sample indices of this rank and DataLoader worker (the DataLoader takes whole
+        batches round-robin from workers: worker w serves batches w, w+W, ...)."""
         info = get_worker_info()
-        # the DataLoader takes whole batches round-robin from workers: worker w serves w, w+W, ...
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         batch = self.start_batch + worker
         while True:
             first = (batch * self.world_size + self.rank) * self.batch_size
-            for index in range(first, first + self.batch_size):
-                clip, skipped = draw_clip(self.source, self.seed, index)
-                if skipped:
-                    self.skipped += skipped
-                    log.warning("worker %d: %d bad inputs skipped so far", worker, self.skipped)
-                yield clip
+            yield from range(first, first + self.batch_size)
             batch += num_workers
 
 
-class FixedClips(Dataset):
-    """A finite, reproducible evaluation set of `num_clips` clips drawn from a source."""
+class ClipStream(PositionedStream):
+    """Infinite training stream of clips drawn from a source."""
 
-    def __init__(self, source: ClipSource, *, num_clips: int, seed: int) -> None:
-        self.source, self.num_clips, self.seed = source, num_clips, seed
+    def __init__(self, source: ClipSource, **position) -> None:
+        super().__init__(**position)
+        self.source = source
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for index in self.indices():
+            clip, skipped = draw_clip(self.source, self.seed, index)
+            if skipped:
+                self.skipped += skipped
+                log.warning("%d bad inputs skipped so far in this worker", self.skipped)
+            yield clip
+
+
+class FixedClips(Dataset):
+    """A finite, reproducible set of `num_clips` clips drawn from a source (by default the
+    evaluation stream, disjoint from training clips)."""
+
+    def __init__(self, source: ClipSource, *, num_clips: int, seed: int, stream: int = EVAL_STREAM) -> None:
+        self.source, self.num_clips, self.seed, self.stream = source, num_clips, seed, stream
 
     def __len__(self) -> int:
         return self.num_clips
@@ -77,4 +82,4 @@ class FixedClips(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.num_clips:
             raise IndexError(index)
-        return draw_clip(self.source, self.seed, index, stream=EVAL_STREAM)[0]
+        return draw_clip(self.source, self.seed, index, stream=self.stream)[0]

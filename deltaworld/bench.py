@@ -2,9 +2,9 @@
 
 import sys
 
-from eval.bench import bench_tokenizer
+from eval.bench import bench_tokenizer, bench_world
 
-BENCHMARKS = {"tokenizer": bench_tokenizer}
+BENCHMARKS = {"tokenizer": bench_tokenizer, "world": bench_world}
 
 
 def main() -> None:

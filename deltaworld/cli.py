@@ -6,7 +6,8 @@ import sys
 COMMANDS = {
     "train": ("deltaworld.train", "train a stage from Hydra configs (experiment=<preset>, -m to sweep)"),
     "demo": ("deltaworld.demo", "CPU end-to-end demo on synthetic labelled video; writes a report"),
-    "bench": ("deltaworld.bench", "print speed/memory figures: deltaworld bench tokenizer"),
+    "sample": ("deltaworld.sample", "sample M futures of a clip from a world model: figures, tokens, diversity"),
+    "bench": ("deltaworld.bench", "print speed/memory figures: deltaworld bench tokenizer|world"),
 }
 
 

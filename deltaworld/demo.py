@@ -1,21 +1,26 @@
 """`deltaworld demo`: the whole pipeline on CPU in minutes, ending in a report."""
 
+import json
 import logging
 from pathlib import Path
 
 import hydra
 import torch
+from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from data.stream import FixedClips
 from deltaworld.train import run_training
-from eval.figures import image_grid
-from eval.forecast import copy_last, evaluate_forecasts, tokenizer_ceiling
+from eval.diversity import diversity_stats
+from eval.figures import hypothesis_grid, image_grid
+from eval.forecast import evaluate_forecasts, tokenizer_ceiling
 from eval.pca import PCAProjection
 from eval.report import write_report
 from tokenizer.checkpoint import load_tokenizer
+from worldmodel.checkpoint import load_world
+from worldmodel.sampling import copy_last, sample_futures, world_forecaster
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +51,69 @@ def tokenizer_figure(backbone, deltatok, clip: dict, path: Path) -> Path:
     )
 
 
+def train_world(cfg: DictConfig, tokenizer_path: Path, name: str, overrides: list[str]) -> Path:
+    """Train a world model on the demo's tokenizer with the `train` config and the given overrides."""
+    world_cfg = compose(
+        config_name="train",
+        overrides=[*overrides, f"tokenizer_ckpt={tokenizer_path}", f"run_dir={Path(cfg.out_dir) / name}", f"seed={cfg.seed}"],
+    )
+    return run_training(world_cfg)
+
+
+def world_figure(backbone, space, world, clip: dict, context: int, samples: int, path: Path) -> tuple[Path, dict]:
+    """One clip's hypotheses as PCA maps, and its diversity statistics."""
+    frames, times = clip["frames"][None], clip["timestamps"][None]
+    feats = backbone(frames)
+    h, w = frames.shape[-2:]
+    grid = backbone.grid(h, w)
+    _, hyps = sample_futures(
+        world, space, feats[:, :context], times[:, :context], times[:, context:], grid=grid,
+        black=backbone.black_features(h, w), samples=samples, generator=torch.Generator().manual_seed(0),
+    )
+    figure = hypothesis_grid(
+        path, frames=frames[0], context_feats=feats[0, :context], hypotheses=hyps[0],
+        future_feats=feats[0, context:], grid=grid, times=times[0].tolist(),
+    )
+    return figure, diversity_stats(hyps, feats[:, context:], times=times[0, context:].tolist())
+
+
 @torch.no_grad()
 def run_demo(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     with open_dict(cfg):
         cfg.run_dir = str(out_dir / "tokenizer")
     tokenizer_path = run_training(cfg)
+    world_path = train_world(cfg, tokenizer_path, "world", list(cfg.world_stage.overrides))
+    deterministic_path = train_world(
+        cfg, tokenizer_path, "deterministic", [*cfg.world_stage.overrides, "world.deterministic=true", "module.num_hypotheses=1"]
+    )
 
     backbone, deltatok = load_tokenizer(tokenizer_path)
+    _, space, world, _ = load_world(world_path)
+    _, _, deterministic, _ = load_world(deterministic_path)
+    samples = cfg.world_stage.samples
+    generator = torch.Generator().manual_seed(cfg.seed)
     clips = eval_clips(cfg)
     records = evaluate_forecasts(
         backbone=backbone,
-        deltatok=deltatok,
         batches=DataLoader(clips, batch_size=cfg.eval.batch_size),
-        methods=[copy_last, tokenizer_ceiling(deltatok)],
+        methods=[
+            copy_last,
+            tokenizer_ceiling(deltatok),
+            world_forecaster(world, space, samples=samples, generator=generator),
+            world_forecaster(deterministic, space, samples=1, name="deterministic"),
+        ],
         context=cfg.eval.context,
         horizons=cfg.eval.horizons,
         dataset=cfg.eval.dataset,
     )
-    figures = {"DeltaTok: true vs closed-loop reconstructed features": tokenizer_figure(backbone, deltatok, clips[0], out_dir / "tokenizer_pca.png")}
+    hypotheses_png, diversity = world_figure(backbone, space, world, clips[0], cfg.eval.context, samples, out_dir / "world_hypotheses.png")
+    (out_dir / "diversity.json").write_text(json.dumps(diversity, indent=2) + "\n")
+    figures = {
+        "DeltaTok: true vs closed-loop reconstructed features": tokenizer_figure(backbone, deltatok, clips[0], out_dir / "tokenizer_pca.png"),
+        f"DeltaWorld: {samples} sampled futures of one clip (first 8 rows), PCA shared with the true features": hypotheses_png,
+    }
+    spread = ", ".join(f"{v:.4f}" for v in diversity["pairwise_distance"])
     report = write_report(
         out_dir,
         records,
@@ -73,7 +122,9 @@ def run_demo(cfg: DictConfig) -> Path:
         notes=[
             "feat_loss: MSE to the true features of the target frame (lower is better); feat_cos: mean per-patch cosine.",
             "copy_last repeats the last context frame; tokenizer codes the true future closed loop, each frame against the previous reconstruction (the ceiling of token prediction).",
-            f"tokenizer weights: {tokenizer_path.relative_to(out_dir)}",
+            f"deltaworld_best: of {samples} sampled futures, the one closest to the truth at the target frame; deltaworld_mean: features averaged over the {samples}; deterministic: the same predictor with one learned query (N=1), trained as many steps.",
+            f"diversity of the figure's clip, mean squared distance between two hypotheses per predicted step: {spread} (diversity.json).",
+            f"weights: {tokenizer_path.relative_to(out_dir)}, {world_path.relative_to(out_dir)}, {deterministic_path.relative_to(out_dir)}",
         ],
     )
     print(f"\nreport: {report}")

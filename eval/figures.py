@@ -34,3 +34,32 @@ def image_grid(rows: list[tuple[str, list[torch.Tensor | None]]], path: str | Pa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def hypothesis_grid(
+    path: str | Path,
+    *,
+    frames: torch.Tensor,
+    context_feats: torch.Tensor,
+    hypotheses: torch.Tensor,
+    grid: tuple[int, int],
+    future_feats: torch.Tensor | None = None,
+    times: list[float] | None = None,
+    max_rows: int = 8,
+) -> Path:
+    """Context frames, then one row per hypothesis as PCA feature maps sharing one projection.
+
+    frames uint8 (T, 3, H, W) (context, then the true future when known); context_feats (Tc, N, D);
+    hypotheses (M, Hf, N, D); future_feats (Hf, N, D) adds a ground-truth row.
+    """
+    from eval.pca import PCAProjection
+
+    tc = context_feats.shape[0]
+    known = [context_feats] + ([future_feats] if future_feats is not None else [])
+    pca = PCAProjection(torch.cat(known))  # fitted on true features: predictions share its colours
+    blank = [None] * tc
+    rows = [("frames", list(frames)), ("true features (PCA)", list(pca(torch.cat(known), grid)))]
+    for m, hyp in enumerate(hypotheses[:max_rows]):
+        rows.append((f"hypothesis {m}", blank + list(pca(hyp, grid))))
+    titles = [f"t={t:.2f}s" + (" (ctx)" if i < tc else "") for i, t in enumerate(times)] if times else None
+    return image_grid(rows, path, col_titles=titles)

@@ -78,7 +78,7 @@ def reference_predictor():
 
 @torch.no_grad()
 def test_predictor_with_and_without_causal_mask(reference_predictor):
-    from worldmodel.best_of_n import causal_mask
+    from worldmodel.predictor import causal_mask
 
     predictor, ref = reference_predictor
     mask = causal_mask(ref["q_indices"], ref["k_indices"])
@@ -95,16 +95,48 @@ def test_predictor_with_and_without_causal_mask(reference_predictor):
     assert max_error(nomask, ref["out_nomask"]) < ATOL
 
 
-@torch.no_grad()
-def test_best_of_many_selection(reference_predictor):
-    from tokenizer.losses import feature_loss
-    from worldmodel.best_of_n import select_best_queries
+@pytest.fixture(scope="module")
+def reference_world(reference_predictor):
+    from worldmodel.deltaworld import DeltaWorld
 
-    predictor, ref = reference_predictor
-    best, losses, argmin = select_best_queries(
-        predictor, ref["bom.q_samples"], ref["bom.kv"], ref["bom.targets"],
-        ref["bom.pos_q"], ref["bom.pos_k"], feature_loss("smooth_l1", beta=0.1),
+    predictor, _ = reference_predictor
+    world = DeltaWorld(token_dim=64, dim=64, depth=2, num_heads=4, rope_dim=12)
+    world.load_state_dict({f"predictor.{k}": v for k, v in predictor.state_dict().items()}, strict=True)
+    return world.eval()
+
+
+@torch.no_grad()
+def test_best_of_many_selection(reference_world, reference_predictor):
+    from tokenizer.losses import feature_loss
+
+    _, ref = reference_predictor
+    noise = ref["bom.q_samples"]  # (B, T, S, dim)
+    losses = reference_world.hypothesis_losses(
+        noise, ref["bom.kv"][:, :, None], ref["bom.pos_k"], ref["bom.targets"][:, :, None], ref["bom.pos_q"],
+        feature_loss("smooth_l1", beta=0.1),
     )
     assert max_error(losses, ref["bom.losses"]) < ATOL
+    argmin = losses.argmin(-1)
     assert torch.equal(argmin, ref["bom.argmin"])
-    assert torch.equal(best, ref["bom.q_best"])
+    chosen = torch.gather(noise, 2, argmin[:, :, None, None].expand(-1, -1, 1, noise.shape[-1]))[:, :, 0]
+    assert torch.equal(chosen, ref["bom.q_best"])
+
+
+@torch.no_grad()
+def test_rollout_tokens_and_decoded_features(reference_world, reference_deltatok):
+    """The reference evaluation rollout (2 context frames, 3 samples, 2 steps) from its own context
+    tokens and queries: predicted tokens per step and the closed-loop decoded features."""
+    from einops import rearrange
+
+    _, ref = split("deltaworld_rollout_tiny.safetensors")
+    tok, _ = reference_deltatok
+    samples, b = 3, ref["timestamps"].shape[0]
+    context = ref["init_kv"][::samples, :, None]  # (B, 2, K=1, C): row b * M + m, take m = 0
+    assert torch.equal(ref["init_kv"], context[:, :, 0].repeat_interleave(samples, 0))
+    noise = rearrange(ref["queries"], "h (b m) 1 d -> b m h d", m=samples)
+    times = ref["timestamps"]
+    for use_cache in (True, False):
+        tokens = reference_world.rollout(context, times[:, :2], times[:, 2:], samples=samples, noise=noise, use_cache=use_cache)
+        assert max_error(tokens, rearrange(ref["z_hat"], "h (b m) 1 c -> b m h 1 c", b=b)) < ATOL
+    feats = tok.decode_rollout(tokens.flatten(0, 1), (4, 4), ref["init_x"]).unflatten(0, (b, samples))
+    assert max_error(feats, ref["preds"]) < ATOL

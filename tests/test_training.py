@@ -110,7 +110,7 @@ def cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedP
 def test_cli_help_lists_commands(capsys):
     assert cli_main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(cmd in out for cmd in ("train", "demo", "bench"))
+    assert all(cmd in out for cmd in ("train", "demo", "sample", "bench"))
     assert cli_main(["nope"]) == 2
 
 

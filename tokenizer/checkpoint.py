@@ -69,8 +69,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
+def strip_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under `prefix` with the prefix removed."""
+    return {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+
+
 def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu"):
-    """Frozen (backbone, DeltaTok) from a file written by `deltaworld train` (config embedded)."""
+    """Frozen (backbone, DeltaTok) from a file written by `deltaworld train`: a tokenizer export, or a
+    world-model export (which carries its tokenizer under `deltatok.`). The config is embedded."""
     from hydra.utils import instantiate
 
     path = Path(path)
@@ -81,6 +87,7 @@ def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu"):
         raise ValueError(f"{path} carries no tokenizer config; export it with `deltaworld train`")
     backbone = instantiate(meta["backbone"])
     deltatok = instantiate(meta["tokenizer"])(dim=backbone.dim, num_heads=backbone.num_heads)
-    deltatok.load_state_dict(load_file(str(path)))
+    weights = load_file(str(path))
+    deltatok.load_state_dict(strip_prefix(weights, "deltatok.") if "world" in meta else weights)
     deltatok.requires_grad_(False).eval()
     return backbone.to(device), deltatok.to(device)

@@ -16,6 +16,12 @@ from tokenizer.rope import apply_rope, time_rope
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per block: k, v (B, H, L, d), k already rotated
 
 
+def causal_mask(q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+    """Additive (1, 1, Lq, Lk) mask: query i sees key j only if k_index[j] < q_index[i]."""
+    blocked = k_index[None, :] >= q_index[:, None]
+    return torch.zeros(blocked.shape, device=q_index.device).masked_fill(blocked, float("-inf"))[None, None]
+
+
 def rotate_leading_channels(t: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Apply RoPE to the first A channels of each head of t (B, H, L, d); cos/sin (B, L, A)."""
     cos, sin = (r[:, None] for r in rope)  # broadcast over heads

@@ -1,0 +1,99 @@
+"""`deltaworld sample`: M futures of one clip from a trained world model, with figures and statistics.
+
+deltaworld sample world_ckpt=<world.safetensors> video=<file> context=4 horizon=3 samples=20
+(video=null samples a synthetic clip). Writes samples.safetensors (tokens, features, times),
+hypotheses.png (PCA feature maps, one row per hypothesis) and diversity.json into the run folder.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import save_file
+
+from data.sources import resize_center_crop
+from data.synthetic import render_clip
+from data.video import decode_frames, probe_video
+from eval.diversity import diversity_stats
+from eval.figures import hypothesis_grid
+from worldmodel.checkpoint import load_world
+from worldmodel.sampling import sample_futures
+
+log = logging.getLogger(__name__)
+
+
+def video_clip(path: str, *, frames: int, context: int, stride: float, start: float | None, size: int) -> dict:
+    """`frames` frames `stride` seconds apart (true presentation times) from the middle of the video,
+    or from `start`; when the video ends early only the context is returned (no ground truth)."""
+    info = probe_video(path)
+    last = info.duration - 1 / info.fps
+    span = (frames - 1) * stride
+    if (context - 1) * stride > last:
+        raise ValueError(f"{path} ({info.duration:.2f} s) is too short for {context} context frames {stride} s apart")
+    if start is None:
+        start = max(0.0, (last - span) / 2)
+    wanted = start + stride * np.arange(frames)
+    wanted = wanted[wanted <= last] if wanted[-1] > last else wanted
+    images, times = decode_frames(path, wanted)
+    return {"frames": resize_center_crop(images, size, size), "timestamps": times - times[0]}
+
+
+@torch.no_grad()
+def run_sample(cfg: DictConfig) -> Path:
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    backbone, space, world, meta = load_world(cfg.world_ckpt, device)
+    size, context, horizon = meta["frame_size"], cfg.context, cfg.horizon
+    if cfg.video:
+        clip = video_clip(cfg.video, frames=context + horizon, context=context, stride=cfg.stride, start=cfg.start, size=size)
+    else:
+        clip = render_clip(np.random.default_rng(cfg.seed), num_frames=context + horizon, height=size, width=size)
+    frames, times = clip["frames"][None].to(device), clip["timestamps"][None].to(device)  # (1, T, 3, H, W), (1, T)
+    have_truth = frames.shape[1] == context + horizon
+    future_times = times[:, context:] if have_truth else times[:, context - 1 : context] + cfg.stride * torch.arange(1, horizon + 1, device=device)
+
+    feats = backbone(frames)  # (1, T, N, D)
+    h, w = frames.shape[-2:]
+    grid = backbone.grid(h, w)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    tokens, hyps = sample_futures(
+        world, space, feats[:, :context], times[:, :context], future_times,
+        grid=grid, black=backbone.black_features(h, w), samples=cfg.samples, generator=generator,
+    )  # (1, M, H, K, C), (1, M, H, N, D)
+    truth = feats[:, context:] if have_truth else None
+    all_times = torch.cat((times[:, :context], future_times), 1)[0].tolist()
+
+    save_file(
+        {
+            "tokens": tokens[0].cpu().contiguous(),
+            "features": hyps[0].cpu().contiguous(),
+            "context_times": times[0, :context].cpu().contiguous(),
+            "future_times": future_times[0].cpu().contiguous(),
+        },
+        str(out_dir / "samples.safetensors"),
+        metadata={"world_ckpt": str(cfg.world_ckpt), "video": str(cfg.video), "grid": json.dumps(list(grid))},
+    )
+    stats = diversity_stats(hyps, truth, times=future_times[0].tolist())
+    (out_dir / "diversity.json").write_text(json.dumps(stats, indent=2) + "\n")
+    figure = hypothesis_grid(
+        out_dir / "hypotheses.png", frames=frames[0].cpu(), context_feats=feats[0, :context].cpu(),
+        hypotheses=hyps[0].cpu(), future_feats=None if truth is None else truth[0].cpu(), grid=grid, times=all_times,
+        max_rows=cfg.figure_rows,
+    )
+    log.info("pairwise distance per step: %s", [round(v, 4) for v in stats["pairwise_distance"]])
+    print(f"samples: {out_dir / 'samples.safetensors'}\nfigure: {figure}\nstatistics: {out_dir / 'diversity.json'}")
+    return out_dir
+
+
+@hydra.main(config_path="pkg://conf", config_name="sample", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_sample(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Building a DeltaWorld for a token space, and loading an exported world model."""
+
+import os
+from collections.abc import Callable
+
+import torch
+from hydra.utils import instantiate
+from safetensors.torch import load_file
+from torch import nn
+
+from tokenizer.backbone import Backbone
+from tokenizer.checkpoint import load_tokenizer, read_metadata, strip_prefix
+from worldmodel.deltaworld import DeltaWorld
+from worldmodel.spaces import DeltaTokens, PatchTokens, build_space
+
+
+def build_world(
+    world: DeltaWorld | Callable[..., DeltaWorld], space: DeltaTokens | PatchTokens, *, num_patches: int, feature_dim: int
+) -> DeltaWorld:
+    """Finish a Hydra partial: tokens per frame and token width come from the token space."""
+    if isinstance(world, nn.Module):
+        return world
+    tokens_per_frame, token_dim = space.shape(num_patches, feature_dim)
+    return world(token_dim=token_dim, tokens_per_frame=tokens_per_frame)
+
+
+def load_world(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[Backbone, DeltaTokens | PatchTokens, DeltaWorld, dict]:
+    """Frozen (backbone, token space, world model, metadata) from a world-model export of
+    `deltaworld train` (self-contained: it carries its tokenizer)."""
+    backbone, deltatok = load_tokenizer(path, device)
+    meta = read_metadata(path)
+    if "world" not in meta:
+        raise ValueError(
+            f"{path} is a tokenizer checkpoint, not a world model; train one with "
+            f"`deltaworld train experiment=world_cpu_demo tokenizer_ckpt={path}`"
+        )
+    tokens_per_frame, token_dim = meta["token_shape"]
+    world = instantiate(meta["world"])(token_dim=token_dim, tokens_per_frame=tokens_per_frame)
+    world.load_state_dict(strip_prefix(load_file(str(path)), "world."))
+    world.requires_grad_(False).eval()
+    return backbone, build_space(meta["space"], deltatok), world.to(device), meta

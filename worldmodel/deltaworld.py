@@ -1,0 +1,197 @@
+"""DeltaWorld: a generative world model over per-frame token sets (K tokens of C channels).
+
+A hypothesis is one Gaussian noise vector per predicted frame; its K queries are that vector plus a
+learned slot embedding (K > 1), so the K tokens of a frame come from one draw and stay coherent.
+Training supervises only the best of N hypotheses (best-of-N / multiple-choice learning); sampling
+draws fresh noise per step, M hypotheses in one batched forward per step.
+"""
+
+from collections.abc import Callable
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from worldmodel.predictor import KVCache, Predictor, causal_mask
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # elementwise
+
+
+class DeltaWorld(nn.Module):
+    def __init__(
+        self,
+        *,
+        token_dim: int,
+        tokens_per_frame: int = 1,
+        dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        rope_dim: int = 60,
+        mlp_ratio: float = 4.0,
+        layer_scale_init: float = 1e-5,
+        query_std: float = 0.02,
+        deterministic: bool = False,
+    ) -> None:
+        super().__init__()
+        self.token_dim, self.tokens_per_frame, self.query_std = token_dim, tokens_per_frame, query_std
+        self.predictor = Predictor(
+            dim=dim, context_dim=token_dim, depth=depth, num_heads=num_heads, rope_dim=rope_dim,
+            mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, init_std=query_std,
+        )
+        # K = 1 keeps the reference key set (a released checkpoint has no slot embedding)
+        self.slot_embed = nn.Embedding(tokens_per_frame, dim) if tokens_per_frame > 1 else None
+        # the deterministic baseline: N = 1 with one learned query instead of noise (reference key)
+        self.q_embed = nn.Embedding(1, dim) if deterministic else None
+        for embedding in (self.slot_embed, self.q_embed):
+            if embedding is not None:
+                nn.init.trunc_normal_(embedding.weight, std=query_std)
+
+    @property
+    def dim(self) -> int:
+        return self.predictor.dim
+
+    @property
+    def deterministic(self) -> bool:
+        return self.q_embed is not None
+
+    def draw_noise(self, shape: tuple[int, ...], *, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One noise vector per hypothesis: (*shape, dim) with std `query_std` (the paper's 0.02)."""
+        device = device if device is not None else self.predictor.head.weight.device
+        return torch.randn(*shape, self.dim, device=device, generator=generator) * self.query_std
+
+    def queries(self, noise: torch.Tensor) -> torch.Tensor:
+        """noise (..., dim) -> queries (..., K, dim)."""
+        if self.q_embed is not None:
+            noise = self.q_embed.weight[0].expand_as(noise)
+        q = noise[..., None, :]
+        return q if self.slot_embed is None else q + self.slot_embed.weight
+
+    def context_cache(self, tokens: torch.Tensor, times: torch.Tensor) -> KVCache:
+        """Project context tokens (B, T, K, C) at frame times (B, T) once for every block."""
+        flat = rearrange(tokens, "b t k c -> b (t k) c")
+        return self.predictor.context_cache(flat, times.repeat_interleave(tokens.shape[2], dim=1))
+
+    def extend_cache(self, cache: KVCache, tokens: torch.Tensor, times: torch.Tensor) -> KVCache:
+        flat = rearrange(tokens, "b t k c -> b (t k) c")
+        return self.predictor.extend_cache(cache, flat, times.repeat_interleave(tokens.shape[2], dim=1))
+
+    def predict(
+        self,
+        queries: torch.Tensor,
+        times: torch.Tensor,
+        *,
+        context: torch.Tensor | None = None,
+        context_times: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """queries (B, F, S, K, dim) for F frames at `times` (B, F), S hypotheses each, attending to
+        context tokens (B, Tk, K, C) at `context_times` (B, Tk) or a cache -> tokens (B, F, S, K, C).
+
+        causal: teacher forcing, where query frame i is the frame after context frame i and may
+        see context frames 0..i only.
+        """
+        b, f, s, k, _ = queries.shape
+        mask = None
+        if causal:
+            if context is None:
+                raise ValueError("causal prediction needs the context tokens")
+            frames_q = torch.arange(f, device=queries.device).repeat_interleave(s * k) + 1
+            frames_k = torch.arange(context.shape[1], device=queries.device).repeat_interleave(context.shape[2])
+            mask = causal_mask(frames_q, frames_k)
+        if cache is None:
+            cache = self.context_cache(context, context_times)
+        out = self.predictor(
+            rearrange(queries, "b f s k d -> b (f s k) d"),  # frame-major, as the reference
+            times.repeat_interleave(s * k, dim=1),
+            cache=cache,
+            mask=mask,
+        )
+        return rearrange(out, "b (f s k) c -> b f s k c", f=f, s=s)
+
+    @torch.no_grad()
+    def hypothesis_losses(
+        self,
+        noise: torch.Tensor,
+        context: torch.Tensor,
+        context_times: torch.Tensor,
+        targets: torch.Tensor,
+        target_times: torch.Tensor,
+        loss_fn: LossFn,
+    ) -> torch.Tensor:
+        """Score hypotheses noise (B, F, S, dim) for target frames (B, F, K, C) at target_times
+        (B, F), target i seeing context frames 0..i, in one pass without gradient -> (B, F, S)."""
+        preds = self.predict(self.queries(noise), target_times, context=context, context_times=context_times, causal=True)
+        return loss_fn(preds.float(), targets[:, :, None].expand_as(preds).float()).flatten(3).mean(-1)
+
+    def teacher_forced_loss(
+        self,
+        tokens: torch.Tensor,
+        times: torch.Tensor,
+        *,
+        num_hypotheses: int,
+        loss_fn: LossFn,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Best-of-N loss over a clip: every frame 1..T-1 predicted from the true tokens before it.
+
+        tokens (B, T, K, C), times (B, T) seconds. N hypotheses per frame are scored without
+        gradient; only the arg-min one is re-run with gradient. Returns (loss, stats) where stats
+        holds the best-of-N and mean-over-hypotheses losses of the scoring pass (their gap shows
+        whether hypotheses stay diverse).
+        """
+        if self.deterministic and num_hypotheses != 1:
+            raise ValueError(f"the deterministic world model has one learned query; got num_hypotheses={num_hypotheses}")
+        b, t = tokens.shape[:2]
+        if t < 2:
+            raise ValueError(f"teacher forcing needs clips of at least 2 frames, got {t}")
+        context, context_times, targets, target_times = tokens[:, :-1], times[:, :-1], tokens[:, 1:], times[:, 1:]
+        noise = self.draw_noise((b, t - 1, num_hypotheses), device=tokens.device, generator=generator)
+        stats = {}
+        if num_hypotheses > 1:
+            losses = self.hypothesis_losses(noise, context, context_times, targets, target_times, loss_fn)  # (B, T-1, N)
+            best = losses.argmin(-1)
+            noise = torch.gather(noise, 2, repeat(best, "b t -> b t 1 d", d=self.dim))
+            stats = {"loss_best_of_n": losses.min(-1).values.mean(), "loss_mean_hypothesis": losses.mean()}
+        preds = self.predict(self.queries(noise), target_times, context=context, context_times=context_times, causal=True)
+        loss = loss_fn(preds[:, :, 0].float(), targets.float()).mean()
+        return loss, stats
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        context: torch.Tensor,
+        context_times: torch.Tensor,
+        future_times: torch.Tensor,
+        *,
+        samples: int,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        use_cache: bool = True,
+    ) -> torch.Tensor:
+        """Autoregressive sampling of M hypotheses, one batched forward per step.
+
+        context tokens (B, Tc, K, C) at context_times (B, Tc); future_times (B, H) any spacing;
+        noise (B, M, H, dim) overrides the draws (fresh noise per step otherwise).
+        Returns tokens (B, M, H, K, C); hypotheses are expanded batch-major (row b * M + m).
+        """
+        b, horizon = future_times.shape
+        if noise is None:
+            noise = self.draw_noise((b, samples, horizon), device=context.device, generator=generator)
+        noise = rearrange(noise, "b m h d -> (b m) h d")
+        expand = lambda x: x.repeat_interleave(samples, dim=0)  # noqa: E731
+        tokens, times, future = expand(context), expand(context_times), expand(future_times)
+        # project the context once per clip, not once per hypothesis
+        cache = [(expand(k), expand(v)) for k, v in self.context_cache(context, context_times)] if use_cache else None
+        out = []
+        for step in range(horizon):
+            when = future[:, step : step + 1]
+            queries = self.queries(noise[:, step : step + 1, None])  # (BM, 1, 1, K, dim)
+            if use_cache:
+                pred = self.predict(queries, when, cache=cache)[:, :, 0]  # (BM, 1, K, C)
+                cache = self.extend_cache(cache, pred, when)
+            else:
+                pred = self.predict(queries, when, context=tokens, context_times=times)[:, :, 0]
+                tokens, times = torch.cat((tokens, pred), 1), torch.cat((times, when), 1)
+            out.append(pred[:, 0])
+        return rearrange(torch.stack(out, 1), "(b m) h k c -> b m h k c", m=samples)
