@@ -66,7 +66,7 @@ def world_figure(backbone, space, world, clip: dict, context: int, samples: int,
     feats = backbone(frames)
     h, w = frames.shape[-2:]
     grid = backbone.grid(h, w)
-    _, hyps = sample_futures(
+    tokens, hyps = sample_futures(
         world, space, feats[:, :context], times[:, :context], times[:, context:], grid=grid,
         black=backbone.black_features(h, w), samples=samples, generator=torch.Generator().manual_seed(0),
     )
@@ -74,7 +74,7 @@ def world_figure(backbone, space, world, clip: dict, context: int, samples: int,
         path, frames=frames[0], context_feats=feats[0, :context], hypotheses=hyps[0],
         future_feats=feats[0, context:], grid=grid, times=times[0].tolist(),
     )
-    return figure, diversity_stats(hyps, feats[:, context:], times=times[0, context:].tolist())
+    return figure, diversity_stats(hyps, feats[:, context:], times=times[0, context:].tolist(), tokens=tokens)
 
 
 @torch.no_grad()
@@ -114,6 +114,7 @@ def run_demo(cfg: DictConfig) -> Path:
         f"DeltaWorld: {samples} sampled futures of one clip (first 8 rows), PCA shared with the true features": hypotheses_png,
     }
     spread = ", ".join(f"{v:.4f}" for v in diversity["pairwise_distance"])
+    token_spread = ", ".join(f"{v:.4f}" for v in diversity["token_pairwise_distance"])
     report = write_report(
         out_dir,
         records,
@@ -123,7 +124,7 @@ def run_demo(cfg: DictConfig) -> Path:
             "feat_loss: MSE to the true features of the target frame (lower is better); feat_cos: mean per-patch cosine.",
             "copy_last repeats the last context frame; tokenizer codes the true future closed loop, each frame against the previous reconstruction (the ceiling of token prediction).",
             f"deltaworld_best: of {samples} sampled futures, the one closest to the truth at the target frame; deltaworld_mean: features averaged over the {samples}; deterministic: the same predictor with one learned query (N=1), trained as many steps.",
-            f"diversity of the figure's clip, mean squared distance between two hypotheses per predicted step: {spread} (diversity.json).",
+            f"diversity of the figure's clip, mean squared distance between two hypotheses per predicted step: features {spread}; tokens {token_spread} (diversity.json).",
             f"weights: {tokenizer_path.relative_to(out_dir)}, {world_path.relative_to(out_dir)}, {deterministic_path.relative_to(out_dir)}",
         ],
     )

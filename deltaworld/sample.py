@@ -78,7 +78,7 @@ def run_sample(cfg: DictConfig) -> Path:
         str(out_dir / "samples.safetensors"),
         metadata={"world_ckpt": str(cfg.world_ckpt), "video": str(cfg.video), "grid": json.dumps(list(grid))},
     )
-    stats = diversity_stats(hyps, truth, times=future_times[0].tolist())
+    stats = diversity_stats(hyps, truth, times=future_times[0].tolist(), tokens=tokens)
     (out_dir / "diversity.json").write_text(json.dumps(stats, indent=2) + "\n")
     figure = hypothesis_grid(
         out_dir / "hypotheses.png", frames=frames[0].cpu(), context_feats=feats[0, :context].cpu(),

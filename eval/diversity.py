@@ -14,12 +14,19 @@ def pairwise_distance(hypotheses: torch.Tensor) -> torch.Tensor:
     return mean_pairs.reshape(b, h).mean(0)
 
 
-def diversity_stats(hypotheses: torch.Tensor, truth: torch.Tensor | None = None, times: list[float] | None = None) -> dict:
+def diversity_stats(
+    hypotheses: torch.Tensor,
+    truth: torch.Tensor | None = None,
+    times: list[float] | None = None,
+    tokens: torch.Tensor | None = None,
+) -> dict:
     """hypotheses (B, M, H, N, D), truth (B, H, N, D) or None -> per-step statistics (JSON-ready).
 
     pairwise_distance: mean squared distance between two hypotheses; spread: mean over patches and
     channels of the standard deviation across hypotheses; best/mean_to_truth: mean squared error to
-    the true features of the hypothesis closest to the truth at that step, and of the hypothesis mean.
+    the true features of the hypothesis closest to the truth at that step, and of the hypothesis mean;
+    token_pairwise_distance: the same distance between the predicted tokens (B, M, H, K, C), which
+    separates diversity of the world model from what the decoder keeps of it.
     """
     hyp = hypotheses.float()
     stats = {
@@ -27,6 +34,8 @@ def diversity_stats(hypotheses: torch.Tensor, truth: torch.Tensor | None = None,
         "pairwise_distance": pairwise_distance(hyp).tolist(),
         "spread": hyp.std(1, unbiased=hyp.shape[1] > 1).mean((0, 2, 3)).tolist(),
     }
+    if tokens is not None:
+        stats["token_pairwise_distance"] = pairwise_distance(tokens).tolist()
     if times is not None:
         stats["future_times"] = times
     if truth is not None:

@@ -76,6 +76,7 @@ def test_world_trains_from_token_cache_exports_and_samples(tmp_path, tokenizer_c
     cli(["sample", f"world_ckpt={export}", "context=2", "horizon=3", "samples=5", f"out_dir={out}"], cwd=tmp_path)
     stats = json.loads((out / "diversity.json").read_text())
     assert stats["samples"] == 5 and len(stats["pairwise_distance"]) == 3 and len(stats["best_to_truth"]) == 3
+    assert len(stats["token_pairwise_distance"]) == 3
     saved = load_file(str(out / "samples.safetensors"))
     assert saved["tokens"].shape == (5, 3, 1, 64) and saved["features"].shape == (5, 3, 4, 64)
     assert (out / "hypotheses.png").stat().st_size > 0

@@ -198,3 +198,16 @@ def test_tiny_world_model_overfits_and_beats_copy_last():
     model_error = (pred[:, :, 0, 0] - tokens[:, None, 5, 0]).pow(2).mean()
     copy_error = (tokens[:, 4] - tokens[:, 5]).pow(2).mean()
     assert model_error < 0.25 * copy_error, (model_error, copy_error)
+
+
+def test_diversity_statistics_on_hand_made_hypotheses():
+    from eval.diversity import diversity_stats
+
+    truth = torch.zeros(1, 2, 3, 4)  # (B, H, N, D)
+    hyps = torch.stack([torch.zeros(2, 3, 4), torch.ones(2, 3, 4), 3 * torch.ones(2, 3, 4)])[None]  # (1, M=3, H, N, D)
+    stats = diversity_stats(hyps, truth, tokens=hyps[..., :1, :])
+    # pairs (0,1), (0,2), (1,2): squared distances 1, 9, 4 -> mean 14/3
+    assert stats["pairwise_distance"] == pytest.approx([14 / 3] * 2)
+    assert stats["token_pairwise_distance"] == pytest.approx([14 / 3] * 2)
+    assert stats["best_to_truth"] == pytest.approx([0.0, 0.0])
+    assert stats["mean_to_truth"] == pytest.approx([(4 / 3) ** 2] * 2)
