@@ -12,15 +12,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from data.stream import FixedClips
+from deltaworld.sample import sample_and_describe
 from deltaworld.train import run_training
-from eval.diversity import diversity_stats
-from eval.figures import hypothesis_grid, image_grid
+from eval.figures import image_grid
 from eval.forecast import evaluate_forecasts, tokenizer_ceiling
 from eval.pca import PCAProjection
 from eval.report import write_report
 from tokenizer.checkpoint import load_tokenizer
 from worldmodel.checkpoint import load_world
-from worldmodel.sampling import copy_last, sample_futures, world_forecaster
+from worldmodel.sampling import copy_last, world_forecaster
 
 log = logging.getLogger(__name__)
 
@@ -60,23 +60,6 @@ def train_world(cfg: DictConfig, tokenizer_path: Path, name: str, overrides: lis
     return run_training(world_cfg)
 
 
-def world_figure(backbone, space, world, clip: dict, context: int, samples: int, path: Path) -> tuple[Path, dict]:
-    """One clip's hypotheses as PCA maps, and its diversity statistics."""
-    frames, times = clip["frames"][None], clip["timestamps"][None]
-    feats = backbone(frames)
-    h, w = frames.shape[-2:]
-    grid = backbone.grid(h, w)
-    tokens, hyps = sample_futures(
-        world, space, feats[:, :context], times[:, :context], times[:, context:], grid=grid,
-        black=backbone.black_features(h, w), samples=samples, generator=torch.Generator().manual_seed(0),
-    )
-    figure = hypothesis_grid(
-        path, frames=frames[0], context_feats=feats[0, :context], hypotheses=hyps[0],
-        future_feats=feats[0, context:], grid=grid, times=times[0].tolist(),
-    )
-    return figure, diversity_stats(hyps, feats[:, context:], times=times[0, context:].tolist(), tokens=tokens)
-
-
 @torch.no_grad()
 def run_demo(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.out_dir)
@@ -107,8 +90,14 @@ def run_demo(cfg: DictConfig) -> Path:
         horizons=cfg.eval.horizons,
         dataset=cfg.eval.dataset,
     )
-    hypotheses_png, diversity = world_figure(backbone, space, world, clips[0], cfg.eval.context, samples, out_dir / "world_hypotheses.png")
-    (out_dir / "diversity.json").write_text(json.dumps(diversity, indent=2) + "\n")
+    clip, context = clips[0], cfg.eval.context
+    times = clip["timestamps"][None]
+    sample_and_describe(
+        backbone, space, world, clip["frames"][None], times, times[:, context:], context=context, samples=samples,
+        generator=torch.Generator().manual_seed(0), out_dir=out_dir, figure_name="world_hypotheses.png",
+    )
+    hypotheses_png = out_dir / "world_hypotheses.png"
+    diversity = json.loads((out_dir / "diversity.json").read_text())
     figures = {
         "DeltaTok: true vs closed-loop reconstructed features": tokenizer_figure(backbone, deltatok, clips[0], out_dir / "tokenizer_pca.png"),
         f"DeltaWorld: {samples} sampled futures of one clip (first 8 rows), PCA shared with the true features": hypotheses_png,

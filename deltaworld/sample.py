@@ -20,8 +20,11 @@ from data.synthetic import render_clip
 from data.video import decode_frames, probe_video
 from eval.diversity import diversity_stats
 from eval.figures import hypothesis_grid
+from tokenizer.backbone import Backbone
 from worldmodel.checkpoint import load_world
+from worldmodel.deltaworld import DeltaWorld
 from worldmodel.sampling import sample_futures
+from worldmodel.spaces import DeltaTokens, PatchTokens
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,44 @@ def video_clip(path: str, *, frames: int, context: int, stride: float, start: fl
 
 
 @torch.no_grad()
+def sample_and_describe(
+    backbone: Backbone,
+    space: DeltaTokens | PatchTokens,
+    world: DeltaWorld,
+    frames: torch.Tensor,
+    times: torch.Tensor,
+    future_times: torch.Tensor,
+    *,
+    context: int,
+    samples: int,
+    generator: torch.Generator,
+    out_dir: Path,
+    figure_name: str,
+    figure_rows: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Sample M futures of one clip (frames (1, T, 3, H, W) at times (1, T); the first `context`
+    are the context; the rest, when they cover every future time, the ground truth) and write the
+    hypothesis grid and diversity.json into out_dir. Returns tokens (1, M, H, K, C), features
+    (1, M, H, N, D) and the patch grid."""
+    feats = backbone(frames)  # (1, T, N, D)
+    h, w = frames.shape[-2:]
+    grid = backbone.grid(h, w)
+    tokens, hyps = sample_futures(
+        world, space, feats[:, :context], times[:, :context], future_times,
+        grid=grid, black=backbone.black_features(h, w), samples=samples, generator=generator,
+    )
+    truth = feats[:, context:] if feats.shape[1] == context + future_times.shape[1] else None
+    stats = diversity_stats(hyps, truth, times=future_times[0].tolist(), tokens=tokens)
+    (out_dir / "diversity.json").write_text(json.dumps(stats, indent=2) + "\n")
+    hypothesis_grid(
+        out_dir / figure_name, frames=frames[0].cpu(), context_feats=feats[0, :context].cpu(),
+        hypotheses=hyps[0].cpu(), future_feats=None if truth is None else truth[0].cpu(), grid=grid,
+        times=torch.cat((times[:, :context], future_times), 1)[0].tolist(), max_rows=figure_rows,
+    )
+    return tokens, hyps, grid
+
+
+@torch.no_grad()
 def run_sample(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -57,17 +98,11 @@ def run_sample(cfg: DictConfig) -> Path:
     have_truth = frames.shape[1] == context + horizon
     future_times = times[:, context:] if have_truth else times[:, context - 1 : context] + cfg.stride * torch.arange(1, horizon + 1, device=device)
 
-    feats = backbone(frames)  # (1, T, N, D)
-    h, w = frames.shape[-2:]
-    grid = backbone.grid(h, w)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    tokens, hyps = sample_futures(
-        world, space, feats[:, :context], times[:, :context], future_times,
-        grid=grid, black=backbone.black_features(h, w), samples=cfg.samples, generator=generator,
-    )  # (1, M, H, K, C), (1, M, H, N, D)
-    truth = feats[:, context:] if have_truth else None
-    all_times = torch.cat((times[:, :context], future_times), 1)[0].tolist()
-
+    tokens, hyps, grid = sample_and_describe(
+        backbone, space, world, frames, times, future_times, context=context, samples=cfg.samples,
+        generator=torch.Generator(device=device).manual_seed(cfg.seed), out_dir=out_dir,
+        figure_name="hypotheses.png", figure_rows=cfg.figure_rows,
+    )
     save_file(
         {
             "tokens": tokens[0].cpu().contiguous(),
@@ -78,13 +113,8 @@ def run_sample(cfg: DictConfig) -> Path:
         str(out_dir / "samples.safetensors"),
         metadata={"world_ckpt": str(cfg.world_ckpt), "video": str(cfg.video), "grid": json.dumps(list(grid))},
     )
-    stats = diversity_stats(hyps, truth, times=future_times[0].tolist(), tokens=tokens)
-    (out_dir / "diversity.json").write_text(json.dumps(stats, indent=2) + "\n")
-    figure = hypothesis_grid(
-        out_dir / "hypotheses.png", frames=frames[0].cpu(), context_feats=feats[0, :context].cpu(),
-        hypotheses=hyps[0].cpu(), future_feats=None if truth is None else truth[0].cpu(), grid=grid, times=all_times,
-        max_rows=cfg.figure_rows,
-    )
+    stats = json.loads((out_dir / "diversity.json").read_text())
+    figure = out_dir / "hypotheses.png"
     log.info("pairwise distance per step: %s", [round(v, 4) for v in stats["pairwise_distance"]])
     print(f"samples: {out_dir / 'samples.safetensors'}\nfigure: {figure}\nstatistics: {out_dir / 'diversity.json'}")
     return out_dir
