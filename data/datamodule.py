@@ -1,13 +1,20 @@
-"""LightningDataModule serving clips from any clip source, or their cached tokens."""
+"""LightningDataModules serving clips from a clip source or from video shards, or their cached tokens."""
 
 from pathlib import Path
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from data.shard_stream import ShardSource, ShardStream
 from data.sources import ClipSource
 from data.stream import TRAIN_STREAM, ClipStream, FixedClips
-from data.token_cache import CachedClipStream, build_token_cache, describe_source, read_token_cache
+from data.token_cache import (
+    CachedClipStream,
+    build_token_cache,
+    decode_cached,
+    describe_source,
+    read_token_cache,
+)
 
 
 class ClipDataModule(L.LightningDataModule):
@@ -16,7 +23,8 @@ class ClipDataModule(L.LightningDataModule):
 
     token_cache {path, clips, rebuild}: train on the tokens of `clips` fixed training clips,
     computed once by the LightningModule's frozen tokenizer (its `token_encoder()`) and stored at
-    `path`; a cache produced by other weights or settings is refused. Validation still sees frames.
+    `path` (a .safetensors file, or else a folder of shards streamed like video shards); a cache
+    produced by other weights or settings is refused. Validation still sees frames.
     """
 
     def __init__(
@@ -31,6 +39,7 @@ class ClipDataModule(L.LightningDataModule):
         val_source: ClipSource | None = None,
         root: str | None = None,
         token_cache: dict | None = None,
+        val_set: Dataset | None = None,
     ) -> None:
         super().__init__()
         self.root = root  # where a file-backed source reads (recorded with the run's config)
@@ -39,6 +48,7 @@ class ClipDataModule(L.LightningDataModule):
         self.val_clips, self.val_batch_size = val_clips, val_batch_size or batch_size
         self.seed = seed
         self.token_cache = dict(token_cache) if token_cache else None
+        self.val_set = val_set  # a fixed evaluation set replacing clips drawn from val_source
         self.cached = None  # the cache's tensors once set up
 
     def setup(self, stage: str) -> None:
@@ -55,9 +65,11 @@ class ClipDataModule(L.LightningDataModule):
             "seed": self.seed,
         }
         path = Path(cfg["path"])
-        if trainer.is_global_zero and (cfg.get("rebuild") or not path.is_file()):
-            clips = FixedClips(self.source, num_clips=cfg["clips"], seed=self.seed, stream=TRAIN_STREAM)
-            build_token_cache(path, clips, encode, fingerprint, batch_size=self.batch_size, num_workers=self.num_workers)
+        if trainer.is_global_zero and (cfg.get("rebuild") or not path.exists()):
+            clips = self.cache_clips(cfg["clips"])
+            # a stream read by several workers would give each worker's first clips: read it in one
+            workers = 0 if isinstance(clips, IterableDataset) else self.num_workers
+            build_token_cache(path, clips, encode, fingerprint, batch_size=self.batch_size, num_workers=workers)
         trainer.strategy.barrier("token_cache")
         return read_token_cache(path, fingerprint)
 
@@ -70,6 +82,10 @@ class ClipDataModule(L.LightningDataModule):
             pin_memory=False,
         )
 
+    def cache_clips(self, num_clips: int) -> Dataset:
+        """The clips a token cache encodes."""
+        return FixedClips(self.source, num_clips=num_clips, seed=self.seed, stream=TRAIN_STREAM)
+
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         # called after a checkpoint is restored, so global_step is the resumed position
@@ -81,14 +97,47 @@ class ClipDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )
+        return self._loader(self.train_stream(position), self.batch_size)
+
+    def train_stream(self, position: dict) -> IterableDataset:
+        if isinstance(self.cached, list):  # a shard cache: streamed, resumes on a fresh stream
+            return ShardStream(self.cached, decode_cached, seed=self.seed, start=position["start_batch"],
+                               rank=position["rank"], world_size=position["world_size"])
         if self.cached is not None:
-            stream = CachedClipStream(self.cached, **position)
-        else:
-            stream = ClipStream(self.source, **position)
-        return self._loader(stream, self.batch_size)
+            return CachedClipStream(self.cached, **position)
+        return ClipStream(self.source, **position)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_set(), self.val_batch_size)
 
-    def eval_set(self) -> FixedClips:
+    def eval_set(self) -> Dataset:
+        if self.val_set is not None:
+            return self.val_set
         return FixedClips(self.val_source, num_clips=self.val_clips, seed=self.seed)
+
+
+class ShardDataModule(ClipDataModule):
+    """Training on video shards: an infinite stream, shards reshuffled every epoch and split across
+    ranks and workers (no clip read twice within an epoch), a shuffle buffer, bad samples skipped and
+    counted. A resumed run continues on a fresh stream (seeded by its step), not a replay: shards
+    cannot be entered mid-way. Validation: the middle clips of the first `val_clips` samples of
+    `val_source` (default: the training shards) per rank, read in order in the main process.
+    """
+
+    def __init__(self, *, source: ShardSource, val_source: ShardSource | None = None, **kw) -> None:
+        super().__init__(source=source, val_source=val_source, **kw)
+
+    def cache_clips(self, num_clips: int) -> Dataset:
+        # the first clips of one unshuffled reader: the same set whatever the workers and ranks
+        return self.source.stream(seed=self.seed, shuffle=False, limit=num_clips, rank=0, world_size=1)
+
+    def train_stream(self, position: dict) -> IterableDataset:
+        if self.cached is not None:
+            return super().train_stream(position)
+        return self.source.stream(seed=self.seed, start=position["start_batch"])
+
+    def eval_set(self) -> IterableDataset:
+        return self.val_source.stream(seed=self.seed, eval=True, limit=self.val_clips)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.eval_set(), batch_size=self.val_batch_size, num_workers=0)

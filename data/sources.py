@@ -11,25 +11,23 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.utils.data import Dataset
 
+from data.clips import BadClipError, ClipSampler, resize_center_crop
+from data.frame_datasets import DatasetFileError
+from data.media import VIDEO_EXTENSIONS, MediaInfo, find_media, open_media, probe_media
 from data.synthetic import render_clip, sample_gaps
-from data.video import VideoDecodeError, VideoInfo, decode_frames, probe_video
+from data.video import VideoDecodeError
 
 __all__ = [
     "BadClipError",
     "ClipSource",
+    "LabelledClipSource",
     "SyntheticSource",
     "VideoFolderSource",
     "resize_center_crop",
     "sample_gaps",
 ]
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
-
-
-class BadClipError(RuntimeError):
-    """An input cannot yield a clip; the message names the file and the reason."""
 
 
 @runtime_checkable
@@ -65,25 +63,9 @@ class SyntheticSource:
         return render_clip(rng, **self.kwargs)
 
 
-def resize_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 (T, 3, H, W) -> uint8 (T, 3, height, width): scale so the frame covers the target,
-    keep the centre, antialiased bilinear. Aspect ratio is kept, so nothing is squashed."""
-    H, W = frames.shape[-2:]
-    if (H, W) == (height, width):
-        return frames
-    scale = max(height / H, width / W)
-    # crop in source pixels first: one resize, and only of what is kept
-    ch, cw = min(H, round(height / scale)), min(W, round(width / scale))
-    top, left = (H - ch) // 2, (W - cw) // 2
-    crop = frames[:, :, top : top + ch, left : left + cw].float()
-    out = F.interpolate(
-        crop, size=(height, width), mode="bilinear", antialias=True, align_corners=False
-    )
-    return out.round().clamp(0, 255).to(torch.uint8)
-
-
 class VideoFolderSource:
-    """Clips from the video files under `root` (recursively), at random irregular times."""
+    """Clips from the videos under `root` (recursively; folders of frames too when `frame_fps` is
+    set), at random irregular times (see data.clips.ClipSampler)."""
 
     def __init__(
         self,
@@ -94,40 +76,90 @@ class VideoFolderSource:
         width: int = 64,
         min_gap: float = 1 / 25,
         max_gap: float = 1 / 3,
+        augment: bool = False,
+        scale: tuple[float, float] = (0.6, 1.0),
+        ratio_jitter: float = 4 / 3,
+        hflip: bool = True,
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
+        frame_fps: float | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"video folder {self.root} does not exist")
-        exts = {e.lower() for e in extensions}
-        # sorted, so a seed picks the same file on every machine
-        self.files = sorted(
-            p for p in self.root.rglob("*") if p.suffix.lower() in exts and p.is_file()
-        )
+        self.files = find_media(self.root, extensions=extensions, frame_fps=frame_fps)
         if not self.files:
-            raise FileNotFoundError(f"no video files ({', '.join(sorted(exts))}) under {self.root}")
-        self.num_frames, self.height, self.width = num_frames, height, width
-        self.min_gap, self.max_gap = min_gap, max_gap
-        self._info: dict[Path, VideoInfo] = {}  # probing scans the whole file: do it once per file
+            raise FileNotFoundError(f"no video files ({', '.join(sorted(extensions))}) under {self.root}")
+        self.frame_fps = frame_fps
+        self.sampler = ClipSampler(
+            num_frames=num_frames, height=height, width=width, min_gap=min_gap, max_gap=max_gap,
+            augment=augment, scale=tuple(scale), ratio_jitter=ratio_jitter, hflip=hflip,
+        )
+        self._info: dict[Path, MediaInfo] = {}  # probing scans the whole file: do it once per file
 
     def sample_clip(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         path = self.files[rng.integers(len(self.files))]
-        offsets = sample_gaps(rng, self.num_frames, self.min_gap, self.max_gap)  # (T,)
         try:
+            media = open_media(path, frame_fps=self.frame_fps)
             if path not in self._info:
-                self._info[path] = probe_video(path)
-            info = self._info[path]
-            last = info.duration - 1 / info.fps  # pts of the last frame
-            if offsets[-1] > last:
-                raise BadClipError(
-                    f"{path}: too short ({info.duration:.2f} s) for a clip spanning {offsets[-1]:.2f} s"
-                )
-            start = rng.uniform(0, last - offsets[-1])
-            frames, times = decode_frames(path, start + offsets)  # (T, 3, H, W), (T,)
+                self._info[path] = probe_media(media)
         except VideoDecodeError as e:
             raise BadClipError(str(e)) from e
-        # true times: neighbouring requests closer than a frame interval may share a frame (gap 0)
-        return {
-            "frames": resize_center_crop(frames, self.height, self.width),
-            "timestamps": times - times[0],
-        }
+        return self.sampler.sample(media, rng, info=self._info[path])
+
+
+class LabelledClipSource:
+    """Training clips from a labelled clip dataset (an evaluation adapter built with clips=True, e.g.
+    `data.vspw.VSPW(split="train", clips=True)`): a random item, its frames cropped to height x width
+    (augmented, or the centre), labels dropped. A missing or unreadable file is a BadClipError."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        height: int = 64,
+        width: int = 64,
+        augment: bool = False,
+        scale: tuple[float, float] = (0.6, 1.0),
+        ratio_jitter: float = 4 / 3,
+        hflip: bool = True,
+    ) -> None:
+        self.dataset = dataset
+        self.sampler = ClipSampler(height=height, width=width, augment=augment, scale=tuple(scale), ratio_jitter=ratio_jitter, hflip=hflip)
+
+    def sample_clip(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        index = int(rng.integers(len(self.dataset)))
+        try:
+            item = self.dataset[index]
+        except DatasetFileError as e:
+            raise BadClipError(str(e)) from e
+        return {"frames": self.sampler.transform(item["frames"], rng), "timestamps": item["timestamps"]}
+
+
+class MiddleClips(Dataset):
+    """Evaluation clips of a video folder: the middle clip (frames `stride` seconds apart) of
+    `num_clips` evenly spaced inputs, centre-cropped, no randomness. A bad input is an error naming it."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        num_clips: int,
+        num_frames: int = 8,
+        height: int = 64,
+        width: int = 64,
+        stride: float = 0.2,
+        extensions: Sequence[str] = VIDEO_EXTENSIONS,
+        frame_fps: float | None = None,
+    ) -> None:
+        files = find_media(root, extensions=extensions, frame_fps=frame_fps)
+        if not files:
+            raise FileNotFoundError(f"no video files ({', '.join(sorted(extensions))}) under {root}")
+        picks = np.unique(np.linspace(0, len(files) - 1, min(num_clips, len(files))).round().astype(int))
+        self.files, self.frame_fps = [files[i] for i in picks], frame_fps
+        self.sampler = ClipSampler(num_frames=num_frames, height=height, width=width, eval_stride=stride)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.sampler.middle(open_media(self.files[index], frame_fps=self.frame_fps))

@@ -1,24 +1,34 @@
 """Token caches: a training set's tokens computed once by the frozen tokenizer, stored with a
 fingerprint of everything that produced them, so the world model trains without the backbone.
 
+Two layouts: one safetensors file (`path` ends in .safetensors; loaded whole, exact resume) or, for
+sets larger than memory, a folder of webdataset shards (one clip per sample, each tensor as .npy)
+with the fingerprint in its manifest.json, streamed like video shards (data.shard_stream). The same
+writer stores any per-clip tensors: tokens for the world model, or backbone features.
+
 A cache whose fingerprint differs from the current run's (other tokenizer weights, backbone, frame
 size, data source, clip count, seed) is refused with the differing fields named: never silently reused.
 """
 
 import hashlib
+import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+import webdataset as wds
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from data.shard_stream import tensors_of
+from data.shards import MANIFEST, read_manifest
 from data.stream import PositionedStream
 
 log = logging.getLogger(__name__)
@@ -50,12 +60,21 @@ def write_token_cache(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     return path
 
 
-def read_token_cache(path: str | os.PathLike, fingerprint: dict) -> dict[str, torch.Tensor]:
-    """Load a cache, refusing it unless it was produced exactly as `fingerprint` says."""
+def is_shard_cache(path: str | os.PathLike) -> bool:
+    return Path(path).suffix != ".safetensors"
+
+
+def read_token_cache(path: str | os.PathLike, fingerprint: dict) -> dict[str, torch.Tensor] | list[str]:
+    """Load a cache, refusing it unless it was produced exactly as `fingerprint` says: the tensors
+    of a safetensors file, or the shard paths of a shard folder."""
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        stored = json.loads((f.metadata() or {}).get(FINGERPRINT_KEY, "{}"))
-    if stored != fingerprint:
+    if is_shard_cache(path):
+        manifest = read_manifest(path / MANIFEST)
+        stored = manifest.get(FINGERPRINT_KEY, {})
+    else:
+        with safe_open(str(path), framework="pt") as f:
+            stored = json.loads((f.metadata() or {}).get(FINGERPRINT_KEY, "{}"))
+    if stored != json.loads(json.dumps(fingerprint)):
         differing = sorted(k for k in stored.keys() | fingerprint.keys() if stored.get(k) != fingerprint.get(k))
         details = "; ".join(f"{k}: cache has {stored.get(k)!r}, this run needs {fingerprint.get(k)!r}" for k in differing)
         raise StaleCacheError(
@@ -63,7 +82,47 @@ def read_token_cache(path: str | os.PathLike, fingerprint: dict) -> dict[str, to
             f"weights ({details}). Delete it, point data.token_cache.path elsewhere, or set "
             "data.token_cache.rebuild=true."
         )
+    if is_shard_cache(path):
+        return [str(path / shard) for shard in manifest["shards"]]
     return load_file(str(path))
+
+
+def write_cache_shards(
+    path: str | os.PathLike, clips: Iterable[dict[str, torch.Tensor]], fingerprint: dict, *, samples_per_shard: int = 1000
+) -> Path:
+    """Per-clip tensors into webdataset shards under folder `path` (replaced atomically as a whole),
+    with the fingerprint in manifest.json."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shards, count, sink = [], 0, None
+    for clip in clips:
+        if count % samples_per_shard == 0:
+            if sink:
+                sink.close()
+            shards.append(f"shard-{len(shards):06d}.tar")
+            sink = wds.TarWriter(str(tmp / shards[-1]))
+        sink.write({"__key__": f"{count:09d}", **{f"{k}.npy": _npy(v) for k, v in clip.items()}})
+        count += 1
+    if sink:
+        sink.close()
+    (tmp / MANIFEST).write_text(json.dumps({FINGERPRINT_KEY: fingerprint, "num_samples": count, "shards": shards}, indent=1, sort_keys=True))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def _npy(tensor: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, tensor.contiguous().cpu().numpy())
+    return buf.getvalue()
+
+
+def decode_cached(sample: dict, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """A cache shard sample -> its tensors (the ShardStream decoder of token/feature caches)."""
+    return tensors_of(sample)
 
 
 @torch.no_grad()
@@ -76,14 +135,23 @@ def build_token_cache(
     batch_size: int,
     num_workers: int = 0,
 ) -> Path:
-    """Encode every clip's frames (B, T, 3, H, W) -> tokens (B, T, K, C) and store with timestamps."""
-    tokens, times = [], []
+    """Encode every clip's frames (B, T, 3, H, W) -> tokens (B, T, K, C) and store with timestamps,
+    as one safetensors file or (a `path` without that suffix) a folder of shards."""
     loader = DataLoader(clips, batch_size=batch_size, num_workers=num_workers)
-    for batch in tqdm(loader, desc="token cache", unit="batch"):
-        tokens.append(encode(batch["frames"]).float().cpu())
-        times.append(batch["timestamps"].float())
-    path = write_token_cache(path, {"tokens": torch.cat(tokens), "timestamps": torch.cat(times)}, fingerprint)
-    log.info("wrote token cache %s (%d clips)", path, len(clips))
+
+    def encoded() -> Iterator[dict[str, torch.Tensor]]:
+        for batch in tqdm(loader, desc="token cache", unit="batch"):
+            tokens = encode(batch["frames"]).float().cpu()  # (B, T, K, C)
+            for b in range(len(tokens)):
+                yield {"tokens": tokens[b], "timestamps": batch["timestamps"][b].float()}
+
+    if is_shard_cache(path):
+        path = write_cache_shards(path, encoded(), fingerprint)
+    else:
+        clips_out = list(encoded())
+        stacked = {k: torch.stack([c[k] for c in clips_out]) for k in ("tokens", "timestamps")}
+        path = write_token_cache(path, stacked, fingerprint)
+    log.info("wrote token cache %s", path)
     return path
 
 
