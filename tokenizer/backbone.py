@@ -9,6 +9,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from tokenizer.checkpoint import checkpoint_keys, load_weights
+from tokenizer.official import hf_dinov3_to_timm, hf_prefix
+
 log = logging.getLogger(__name__)
 
 
@@ -90,7 +93,8 @@ def build_backbone(
     """Create a frozen timm VFM.
 
     Weights come from the hub (`pretrained=True`), a local `.safetensors`/`.pth` file
-    (`checkpoint`, position embeddings resampled to `img_size`), or random init with a warning.
+    (`checkpoint`: timm layout, position embeddings resampled to `img_size`; or a Hugging Face
+    DINOv3 file, converted), or random init with a warning.
     `arch` overrides timm architecture arguments (e.g. a depth-2, width-64 model for tests).
     """
     kwargs = dict(num_classes=0, dynamic_img_size=True, **(arch or {}))
@@ -101,9 +105,15 @@ def build_backbone(
         if not path.is_file():
             raise FileNotFoundError(f"backbone checkpoint not found: {path}")
         try:
-            model = timm.create_model(
-                name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-            )
+            if hf_prefix(checkpoint_keys(path)) is not None:
+                # Hugging Face DINOv3 layout (what the reference implementation loads): convert
+                with torch.random.fork_rng(devices=[]):
+                    model = timm.create_model(name, pretrained=False, **kwargs)
+                model.load_state_dict(hf_dinov3_to_timm(load_weights(path), model, source=str(path)))
+            else:
+                model = timm.create_model(
+                    name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+                )
         except (RuntimeError, KeyError, ValueError) as err:
             raise BackboneCheckpointError(
                 f"backbone checkpoint {path} does not fit architecture '{name}' {arch or ''}: "

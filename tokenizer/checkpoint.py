@@ -62,6 +62,21 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
 
 
+def checkpoint_keys(path: str | os.PathLike) -> list[str]:
+    """The state-dict keys of a checkpoint file without reading its tensors (memory-mapped)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files from torch.save before 1.6 cannot be memory-mapped
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    return list(obj.get("state_dict", obj)) if isinstance(obj, dict) else []
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     from safetensors import safe_open
 

@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
@@ -9,7 +10,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tokenizer.backbone import Backbone
-from tokenizer.checkpoint import load_tokenizer, read_metadata, strip_prefix
+from tokenizer.checkpoint import export_safetensors, load_tokenizer, read_metadata, strip_prefix
+from tokenizer.deltatok import DeltaTok
 from worldmodel.deltaworld import DeltaWorld
 from worldmodel.spaces import DeltaTokens, PatchTokens, build_space
 
@@ -41,3 +43,27 @@ def load_world(
     world.load_state_dict(strip_prefix(load_file(str(path)), "world."))
     world.requires_grad_(False).eval()
     return backbone, build_space(meta["space"], deltatok), world.to(device), meta
+
+
+def world_export(world: DeltaWorld, deltatok: DeltaTok) -> nn.Module:
+    """What a world export stores: self-contained, since sampling needs the tokenizer that made the tokens."""
+    return nn.ModuleDict({"world": world, "deltatok": deltatok})
+
+
+def world_export_metadata(world: DeltaWorld, *, tokenizer_metadata: dict, world_config: dict, space: str) -> dict:
+    """What `load_world` needs: the tokenizer export's metadata (backbone, tokenizer, frame_size,
+    ...) + the world config, the token space name and the token shape."""
+    return {
+        **tokenizer_metadata,
+        "world": world_config,
+        "space": space,
+        "token_shape": [world.tokens_per_frame, world.token_dim],
+    }
+
+
+def export_world(
+    world: DeltaWorld, deltatok: DeltaTok, path: str | os.PathLike, *, tokenizer_metadata: dict, world_config: dict, space: str
+) -> Path:
+    """Write the export `load_world` reads: weights under `world.` and `deltatok.` plus metadata."""
+    metadata = world_export_metadata(world, tokenizer_metadata=tokenizer_metadata, world_config=world_config, space=space)
+    return export_safetensors(world_export(world, deltatok), path, metadata)

@@ -9,7 +9,7 @@ from tokenizer.checkpoint import load_tokenizer, read_metadata
 from tokenizer.losses import feature_loss
 from tokenizer.module import FrozenBackboneModule
 from tokenizer.training import compile_blocks, configure_adamw, parameter_digest, step_generator
-from worldmodel.checkpoint import build_world
+from worldmodel.checkpoint import build_world, world_export, world_export_metadata
 from worldmodel.deltaworld import DeltaWorld
 from worldmodel.predictor import PredictorBlock
 from worldmodel.sampling import copy_last, forecast_cases, world_forecaster
@@ -114,14 +114,9 @@ class WorldModule(FrozenBackboneModule):
                     self.log(f"val/feat_loss_{name}_h{case.horizon}", loss, batch_size=frames.shape[0])
 
     def exported(self) -> nn.Module:
-        # self-contained: `deltaworld sample world_ckpt=...` needs the tokenizer that made the tokens
-        return nn.ModuleDict({"world": self.world, "deltatok": self.deltatok})
+        return world_export(self.world, self.deltatok)
 
     def export_metadata(self, cfg: dict) -> dict:
         """What `load_world` needs to rebuild backbone, DeltaTok, token space and DeltaWorld."""
-        return {
-            **{k: self.tokenizer_metadata[k] for k in ("backbone", "tokenizer", "frame_size")},
-            "world": cfg["world"],
-            "space": self.space.name,
-            "token_shape": [self.world.tokens_per_frame, self.world.token_dim],
-        }
+        tokenizer_metadata = {k: self.tokenizer_metadata[k] for k in ("backbone", "tokenizer", "frame_size")}
+        return world_export_metadata(self.world, tokenizer_metadata=tokenizer_metadata, world_config=cfg["world"], space=self.space.name)
