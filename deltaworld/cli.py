@@ -7,13 +7,18 @@ COMMANDS = {
     "train": ("deltaworld.train", "train a stage from Hydra configs (experiment=<preset>, -m to sweep)"),
     "demo": ("deltaworld.demo", "CPU end-to-end demo on synthetic labelled video; writes a report"),
     "sample": ("deltaworld.sample", "sample M futures of a clip from a world model: figures, tokens, diversity"),
-    "bench": ("deltaworld.bench", "print speed/memory figures: deltaworld bench tokenizer|world"),
+    "heads": ("deltaworld.heads", "train the linear segmentation/depth heads on frozen features of a labelled set"),
+    "eval": ("deltaworld.evaluate", "dense forecasting benchmark: metrics.json, report.md, figures"),
+    "shards": ("deltaworld.shards", "pack a folder tree of videos into webdataset shards (resumable)"),
+    "codec": ("deltaworld.codec", "pixel DeltaToken codec: deltaworld codec encode|decode IN OUT"),
+    "import-official": ("deltaworld.import_official", "convert the reference implementation's released checkpoints"),
+    "bench": ("deltaworld.bench", "print speed/memory figures: deltaworld bench tokenizer|world|data|codec"),
 }
 
 
 def usage() -> str:
     lines = ["usage: deltaworld <command> [hydra overrides ...]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`deltaworld <command> --help` shows the command's config groups and options."]
     return "\n".join(lines)
 

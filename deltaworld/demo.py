@@ -1,6 +1,5 @@
 """`deltaworld demo`: the whole pipeline on CPU in minutes, ending in a report."""
 
-import json
 import logging
 from pathlib import Path
 
@@ -8,28 +7,17 @@ import hydra
 import torch
 from hydra import compose
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
-from torch.utils.data import DataLoader
+from omegaconf import DictConfig, open_dict
 
-from data.stream import FixedClips
-from deltaworld.sample import sample_and_describe
+from deltaworld.evaluate import forecasting_methods, run_benchmark
+from deltaworld.heads import fit_heads
 from deltaworld.train import run_training
 from eval.figures import image_grid
-from eval.forecast import evaluate_forecasts, tokenizer_ceiling
 from eval.pca import PCAProjection
-from eval.report import write_report
-from tokenizer.checkpoint import load_tokenizer
+from tokenizer.checkpoint import load_tokenizer, read_metadata
 from worldmodel.checkpoint import load_world
-from worldmodel.sampling import copy_last, world_forecaster
 
 log = logging.getLogger(__name__)
-
-
-def eval_clips(cfg: DictConfig) -> FixedClips:
-    """Evaluation clips long enough for `context` frames plus the largest horizon."""
-    source_cfg = OmegaConf.to_container(cfg.data.source, resolve=True)
-    source_cfg["num_frames"] = cfg.eval.context + max(cfg.eval.horizons)
-    return FixedClips(instantiate(source_cfg), num_clips=cfg.eval.clips, seed=cfg.seed)
 
 
 def tokenizer_figure(backbone, deltatok, clip: dict, path: Path) -> Path:
@@ -60,7 +48,6 @@ def train_world(cfg: DictConfig, tokenizer_path: Path, name: str, overrides: lis
     return run_training(world_cfg)
 
 
-@torch.no_grad()
 def run_demo(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     with open_dict(cfg):
@@ -71,52 +58,35 @@ def run_demo(cfg: DictConfig) -> Path:
         cfg, tokenizer_path, "deterministic", [*cfg.world_stage.overrides, "world.deterministic=true", "module.num_hypotheses=1"]
     )
 
+    device = torch.device("cpu")
     backbone, deltatok = load_tokenizer(tokenizer_path)
     _, space, world, _ = load_world(world_path)
     _, _, deterministic, _ = load_world(deterministic_path)
+    with open_dict(cfg):
+        cfg.data.benchmark.eval.num_clips = cfg.eval.clips
+        cfg.data.benchmark.eval.num_frames = cfg.eval.context + max(cfg.eval.horizons)
+    eval_set = instantiate(cfg.data.benchmark.eval)
+    heads, _ = fit_heads(
+        backbone=backbone, backbone_cfg=read_metadata(tokenizer_path)["backbone"], frame_size=cfg.frame_size,
+        train_set=instantiate(cfg.data.benchmark.train), eval_set=eval_set, path=out_dir / "heads.safetensors",
+        num_workers=0, seed=cfg.seed, device=device, **cfg.heads_stage,
+    )
     samples = cfg.world_stage.samples
-    generator = torch.Generator().manual_seed(cfg.seed)
-    clips = eval_clips(cfg)
-    records = evaluate_forecasts(
-        backbone=backbone,
-        batches=DataLoader(clips, batch_size=cfg.eval.batch_size),
-        methods=[
-            copy_last,
-            tokenizer_ceiling(deltatok),
-            world_forecaster(world, space, samples=samples, generator=generator),
-            world_forecaster(deterministic, space, samples=1, name="deterministic"),
-        ],
-        context=cfg.eval.context,
-        horizons=cfg.eval.horizons,
-        dataset=cfg.eval.dataset,
-    )
-    clip, context = clips[0], cfg.eval.context
-    times = clip["timestamps"][None]
-    sample_and_describe(
-        backbone, space, world, clip["frames"][None], times, times[:, context:], context=context, samples=samples,
-        generator=torch.Generator().manual_seed(0), out_dir=out_dir, figure_name="world_hypotheses.png",
-    )
-    hypotheses_png = out_dir / "world_hypotheses.png"
-    diversity = json.loads((out_dir / "diversity.json").read_text())
-    figures = {
-        "DeltaTok: true vs closed-loop reconstructed features": tokenizer_figure(backbone, deltatok, clips[0], out_dir / "tokenizer_pca.png"),
-        f"DeltaWorld: {samples} sampled futures of one clip (first 8 rows), PCA shared with the true features": hypotheses_png,
-    }
-    spread = ", ".join(f"{v:.4f}" for v in diversity["pairwise_distance"])
-    token_spread = ", ".join(f"{v:.4f}" for v in diversity["token_pairwise_distance"])
-    report = write_report(
-        out_dir,
-        records,
-        title="DeltaWorld demo (synthetic labelled video, CPU)",
-        figures=figures,
-        notes=[
-            "feat_loss: MSE to the true features of the target frame (lower is better); feat_cos: mean per-patch cosine.",
-            "copy_last repeats the last context frame; tokenizer codes the true future closed loop, each frame against the previous reconstruction (the ceiling of token prediction).",
-            f"deltaworld_best: of {samples} sampled futures, the one closest to the truth at the target frame; deltaworld_mean: features averaged over the {samples}; deterministic: the same predictor with one learned query (N=1), trained as many steps.",
-            f"diversity of the figure's clip, mean squared distance between two hypotheses per predicted step: features {spread}; tokens {token_spread} (diversity.json).",
-            f"weights: {tokenizer_path.relative_to(out_dir)}, {world_path.relative_to(out_dir)}, {deterministic_path.relative_to(out_dir)}",
-        ],
-    )
+    with torch.no_grad():
+        tokenizer_png = tokenizer_figure(backbone, deltatok, eval_set[0], out_dir / "tokenizer_pca.png")
+        report, _ = run_benchmark(
+            backbone=backbone, heads=heads, dataset=eval_set,
+            methods=forecasting_methods(deltatok=deltatok, world=(space, world), deterministic=(space, deterministic), samples=samples, seed=cfg.seed),
+            context=cfg.eval.context, horizons=list(cfg.eval.horizons), batch_size=cfg.eval.batch_size, num_workers=0,
+            out_dir=out_dir, title="DeltaWorld demo (synthetic labelled video, CPU)", world=(space, world), samples=samples,
+            figure_clips=cfg.eval.figure_clips, seed=cfg.seed, device=device,
+            figures={"DeltaTok: true vs closed-loop reconstructed features": tokenizer_png},
+            notes=[
+                f"the world models were trained {cfg.world_stage.overrides}; the deterministic one with one learned query (N=1), as many steps",
+                f"weights: {tokenizer_path.relative_to(out_dir)}, {world_path.relative_to(out_dir)}, "
+                f"{deterministic_path.relative_to(out_dir)}, heads.safetensors",
+            ],
+        )
     print(f"\nreport: {report}")
     return report
 

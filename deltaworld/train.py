@@ -24,6 +24,13 @@ def resume_path(cfg: DictConfig) -> str | None:
     return str(cfg.resume)
 
 
+def training_data(cfg: DictConfig) -> dict:
+    """The data config without its `benchmark` block (the labelled sets of `deltaworld heads/eval`)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
+    data.pop("benchmark", None)
+    return data
+
+
 def run_training(cfg: DictConfig) -> Path:
     """Fit one stage; returns the path of the exported weights (safetensors, config embedded)."""
     run_dir = Path(cfg.run_dir)
@@ -31,7 +38,7 @@ def run_training(cfg: DictConfig) -> Path:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(training_data(cfg))
     module = instantiate(cfg.module)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]

@@ -63,3 +63,43 @@ def hypothesis_grid(
         rows.append((f"hypothesis {m}", blank + list(pca(hyp, grid))))
     titles = [f"t={t:.2f}s" + (" (ctx)" if i < tc else "") for i, t in enumerate(times)] if times else None
     return image_grid(rows, path, col_titles=titles)
+
+
+def colorize_segmentation(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """Class map (h, w) int -> (h, w, 3) in [0, 1]; one fixed colour per class, ignored pixels black."""
+    palette = torch.tensor(plt.get_cmap("tab20")(range(20)))[:, :3].float()
+    colours = palette[torch.arange(num_classes) % len(palette)]
+    out = colours[labels.long().clamp(0, num_classes - 1).cpu()]
+    out[(labels == ignore_index).cpu()] = 0
+    return out
+
+
+def colorize_depth(depth: torch.Tensor, depth_range: tuple[float, float]) -> torch.Tensor:
+    """Depth map (h, w) metres -> (h, w, 3) in [0, 1] on a fixed scale (near = bright); invalid (<= 0) black."""
+    low, high = depth_range
+    scaled = 1 - ((depth.float().cpu() - low) / (high - low)).clamp(0, 1)
+    out = torch.tensor(plt.get_cmap("magma")(scaled.numpy()))[..., :3].float()
+    out[depth.cpu() <= 0] = 0
+    return out
+
+
+def diversity_plot(path: str | Path, stats: dict) -> Path:
+    """Per predicted step: distance between hypotheses (spread) and the best / mean hypothesis' error."""
+    times = stats.get("future_times") or list(range(1, len(stats["pairwise_distance"]) + 1))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    left.plot(times, stats["pairwise_distance"], "o-", label="pairwise distance (features)")
+    if "token_pairwise_distance" in stats:
+        left.plot(times, stats["token_pairwise_distance"], "s--", label="pairwise distance (tokens)")
+    left.set_title(f"diversity of {stats['samples']} samples", fontsize=9)
+    if "best_to_truth" in stats:
+        right.plot(times, stats["best_to_truth"], "o-", label="best hypothesis")
+        right.plot(times, stats["mean_to_truth"], "s-", label="mean of hypotheses")
+    right.set_title("feature MSE to the truth", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlabel("future time (s)" if "future_times" in stats else "step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,16 +1,40 @@
-"""Feature forecasting evaluation: every method predicts the features at each horizon from the
-same context, and is scored against the true future features."""
+"""The dense forecasting benchmark: every method predicts the features of the target frame from the
+same context, at each horizon; predictions are scored against the true features (feat_loss,
+feat_cos) and, through the linear heads, against the target frame's labels (miou, depth_rmse)."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from data.labelled import IGNORE_INDEX
+from eval.crops import (
+    CropLayout,
+    crops_to_label_halves,
+    repeat_for_crops,
+    split_labels,
+    square_crops,
+)
+from eval.figures import colorize_depth, colorize_segmentation, image_grid
+from eval.heads import apply_head
+from eval.metrics import DenseMetrics
+from eval.pca import PCAProjection
 from eval.records import MeanAccumulator, Record
 from tokenizer.backbone import Backbone
 from tokenizer.deltatok import DeltaTok
 from worldmodel.sampling import ForecastCase, Method, forecast_cases
+
+# what an unlabelled pixel of each task holds, and what pads a label half
+LABEL_FILL = {"segmentation": IGNORE_INDEX, "depth": 0.0}
+
+
+def oracle(case: ForecastCase) -> dict[str, torch.Tensor]:
+    """The upper bound of the heads: the true features of the target frame."""
+    return {"oracle": case.target_feats}
 
 
 def tokenizer_ceiling(deltatok: DeltaTok) -> Method:
@@ -32,6 +56,67 @@ def feature_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float
     }
 
 
+def batch_by_shape(items: Iterable[dict], batch_size: int) -> Iterator[dict]:
+    """Collate consecutive items into batches of up to `batch_size`, starting a new batch whenever
+    the frame or label size changes (datasets with several aspect ratios, e.g. KITTI drives)."""
+    pending: list[dict] = []
+
+    def shape(item: dict) -> tuple:
+        return tuple(tuple(v.shape) for v in item.values() if torch.is_tensor(v))
+
+    def collate() -> dict:
+        return {k: torch.stack([torch.as_tensor(it[k]) for it in pending]) for k in pending[0]}
+
+    for item in items:
+        if pending and (len(pending) == batch_size or shape(item) != shape(pending[0])):
+            yield collate()
+            pending = []
+        pending.append(item)
+    if pending:
+        yield collate()
+
+
+def labelled_batches(dataset: Dataset, *, batch_size: int, num_workers: int, shuffle: bool, seed: int) -> Iterable[dict]:
+    """Batches of same-shaped items, loaded in `num_workers` processes, optionally shuffled by `seed`."""
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
+    return batch_by_shape(loader, batch_size)
+
+
+def score_heads(
+    metrics: DenseMetrics,
+    heads: nn.ModuleDict,
+    method: str,
+    horizon: int,
+    feats: torch.Tensor,
+    grid: tuple[int, int],
+    labels: dict[str, torch.Tensor],
+    layout: CropLayout,
+) -> None:
+    """Heads on predicted features (n*B, N, D) -> maps at label resolution -> metric update."""
+    for task, target in labels.items():
+        out = apply_head(heads[task], feats, grid).float()  # (n*B, C, h, w) or (n*B, h, w)
+        if task == "depth":
+            out = crops_to_label_halves(out[:, None], target.shape[-2:], layout)[:, 0]
+            metrics.update_depth(method, horizon, out, target)
+        else:
+            metrics.update_segmentation(method, horizon, crops_to_label_halves(out, target.shape[-2:], layout), target)
+
+
+def crop_batch(batch: dict, tasks: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], CropLayout]:
+    """A labelled batch -> square-crop frames (n*B, T, 3, S, S), their timestamps (n*B, T) and
+    the labels of `tasks` split into the halves the crops score, (n*B, h, w')."""
+    frames, layout = square_crops(batch["frames"])
+    times = repeat_for_crops(batch["timestamps"], layout)
+    labels = {task: split_labels(batch[task], layout, fill=LABEL_FILL[task]) for task in tasks if task in batch}
+    return frames, times, labels, layout
+
+
 @torch.no_grad()
 def evaluate_forecasts(
     *,
@@ -41,16 +126,75 @@ def evaluate_forecasts(
     context: int,
     horizons: Iterable[int],
     dataset: str,
+    heads: nn.ModuleDict | None = None,
+    num_classes: int | None = None,
     device: torch.device | str = "cpu",
 ) -> list[Record]:
-    acc = MeanAccumulator()
+    """Records of every method at every horizon: feat_loss and feat_cos always; miou and
+    depth_rmse for the heads given and the labels the batches carry."""
+    features = MeanAccumulator()
+    dense = DenseMetrics(num_classes=num_classes)
+    tasks = list(heads) if heads is not None else []
     for batch in tqdm(batches, desc=f"eval {dataset}", unit="batch"):
-        frames = batch["frames"].to(device)
-        feats = backbone(frames)
-        grid, black = backbone.grid(*frames.shape[-2:]), backbone.black_features(*frames.shape[-2:])
-        for case in forecast_cases(feats, batch["timestamps"].to(device), grid, black, context=context, horizons=horizons):
+        frames, times, labels, layout = crop_batch(batch, tasks)
+        frames, times = frames.to(device), times.to(device)
+        labels = {task: target.to(device) for task, target in labels.items()}
+        feats = backbone(frames)  # (n*B, T, N, D)
+        h, w = frames.shape[-2:]
+        grid, black = backbone.grid(h, w), backbone.black_features(h, w)
+        for case in forecast_cases(feats, times, grid, black, context=context, horizons=horizons):
             for method in methods:
                 for name, pred in method(case).items():
                     for metric, value in feature_metrics(pred, case.target_feats).items():
-                        acc.add(name, case.horizon, metric, value, count=frames.shape[0])
-    return acc.records(dataset)
+                        features.add(name, case.horizon, metric, value, count=frames.shape[0])
+                    if labels:
+                        score_heads(dense, heads, name, case.horizon, pred, grid, labels, layout)
+    return features.records(dataset) + dense.records(dataset)
+
+
+@torch.no_grad()
+def forecast_figure(
+    path: str | Path,
+    *,
+    backbone: Backbone,
+    heads: nn.ModuleDict,
+    methods: list[Method],
+    clip: dict,
+    context: int,
+    horizon: int,
+    num_classes: int | None,
+    depth_range: tuple[float, float] | None,
+    device: torch.device | str = "cpu",
+) -> Path:
+    """One clip at one horizon: the context and target frames, then per row (truth, then every
+    method) the target's PCA feature map and its segmentation and depth maps. Non-square clips show
+    their first square crop."""
+    batch = next(batch_by_shape([clip], 1))
+    frames, layout = square_crops(batch["frames"])
+    frames, times = frames[:1].to(device), repeat_for_crops(batch["timestamps"], layout)[:1].to(device)
+    feats = backbone(frames)  # (1, T, N, D)
+    h, w = frames.shape[-2:]
+    grid = backbone.grid(h, w)
+    case = next(forecast_cases(feats, times, grid, backbone.black_features(h, w), context=context, horizons=[horizon]))
+    truth = {task: square_crops(batch[task])[0][:1].to(device) for task in heads if task in batch}  # (1, s, s)
+    pca = PCAProjection(feats[0])
+
+    def maps(pred: torch.Tensor) -> list[torch.Tensor]:
+        cells = [pca(pred[0], grid)]
+        for task, target in truth.items():
+            out = apply_head(heads[task], pred, grid).float()
+            out = F.interpolate(out if task == "segmentation" else out[:, None], size=target.shape[-2:], mode="bilinear")
+            cells.append(colorize_segmentation(out.argmax(1)[0], num_classes) if task == "segmentation" else colorize_depth(out[0, 0], depth_range))
+        return cells
+
+    truth_cells = [pca(case.target_feats[0], grid)]
+    if "segmentation" in truth:
+        truth_cells.append(colorize_segmentation(truth["segmentation"][0], num_classes))
+    if "depth" in truth:
+        truth_cells.append(colorize_depth(truth["depth"][0], depth_range))
+    shown = [*range(feats.shape[1] - 1 - horizon - context + 1, feats.shape[1] - horizon), feats.shape[1] - 1]
+    rows = [("context | target", [frames[0, t].cpu() for t in shown]), ("truth: PCA | seg | depth", truth_cells)]
+    for method in methods:
+        rows += [(name, maps(pred)) for name, pred in method(case).items()]
+    titles = [f"t={times[0, t]:.2f}s" for t in shown]
+    return image_grid(rows, path, col_titles=titles)

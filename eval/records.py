@@ -41,9 +41,13 @@ def read_metrics(path: str | Path) -> list[Record]:
     return [Record(**r) for r in json.loads(Path(path).read_text())]
 
 
+METRIC_ORDER = ("miou", "depth_rmse", "feat_loss", "feat_cos")  # headline metrics first in tables
+
+
 def metrics_table(records: list[Record], *, lower_is_better: tuple[str, ...] = ("feat_loss", "depth_rmse")) -> str:
     """Markdown table: one row per (dataset, method), one column per (metric, horizon); best in bold."""
-    columns = sorted({(r.metric, r.horizon) for r in records})
+    rank = {m: i for i, m in enumerate(METRIC_ORDER)}
+    columns = sorted({(r.metric, r.horizon) for r in records}, key=lambda c: (rank.get(c[0], len(rank)), c[0], c[1]))
     rows = list(dict.fromkeys((r.dataset, r.method) for r in records))
     value = {(r.dataset, r.method, r.metric, r.horizon): r.value for r in records}
     best = {}

@@ -82,6 +82,15 @@ def test_tokenize_matches_pairwise_encode_and_first_frame_uses_black(tiny_deltat
     torch.testing.assert_close(tokens[:, 2], tiny_deltatok.encode(feats[:, 1], feats[:, 2], (4, 4)))
 
 
+def test_encode_difference_feeds_the_change_in_place_of_the_current_frame(tiny_backbone):
+    reference = make_deltatok(tiny_backbone, layer_scale_init=1.0)
+    difference = make_deltatok(tiny_backbone, layer_scale_init=1.0, encode_difference=True)
+    prev, cur = torch.randn(2, 2, 16, tiny_backbone.dim).unbind(0)
+    tokens = difference.encode(prev, cur, (4, 4))
+    assert torch.allclose(tokens, reference.encode(prev, cur - prev, (4, 4)), atol=1e-6)
+    assert not torch.allclose(tokens, reference.encode(prev, cur, (4, 4)), atol=1e-3)
+
+
 def test_decode_rollout_and_reconstruct_are_closed_loop(tiny_deltatok):
     feats, g = torch.randn(1, 3, 16, 64), (4, 4)
     tokens = tiny_deltatok.tokenize(feats, g, torch.zeros(16, 64))

@@ -3,6 +3,10 @@
 encode(prev, cur) -> tokens; decode(tokens, prev) -> cur. A clip is tokenized in parallel with the
 true previous features (teacher forcing); reconstruction runs closed loop, each frame decoded from
 the previous *reconstruction*, as a video codec decodes from its own reference frame.
+
+The encoder/decoder pair only sees (B, N, D) patch embeddings, so it is also the core of the
+pixel-space DeltaToken (`tokenizer.pixel`), which embeds pixel patches instead of VFM features and
+may give key frames their own, larger set of query slots.
 """
 
 import torch
@@ -30,9 +34,14 @@ class DeltaTok(nn.Module):
         rope_theta: float = 100.0,
         init_std: float = 0.02,
         eps: float = 1e-5,
+        encode_difference: bool = False,
     ) -> None:
         super().__init__()
         self.dim, self.num_heads = dim, num_heads
+        # the encoder sees cur - prev in place of cur: same information, but its query slots pool the
+        # change from step 0. Off in the reference; on for random-init demo features, whose change is
+        # too content-dependent for the decoder to learn to read a token that pools cur itself
+        self.encode_difference = encode_difference
         self.num_tokens = num_tokens
         self.token_dim = token_dim or dim
         self.rope_theta = rope_theta
@@ -80,17 +89,23 @@ class DeltaTok(nn.Module):
         grid: tuple[int, int],
         *,
         rope_scale: float = 1.0,
+        slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """prev, cur (B, N, D) -> tokens (B, K, C)."""
+        """prev, cur (B, N, D) -> tokens (B, K, C); `slots` (K', D) replaces the K learned query
+        slots (the pixel tokenizer's key frames use a larger set) and then K' tokens come out."""
         b = prev.shape[0]
+        slots = self.z_embed.weight if slots is None else slots
         cos, sin = self.rope(grid, scale=rope_scale, device=prev.device)
         # previous and current token j share patch position j; the K slots are not rotated
         rope = (torch.cat((cos, cos)), torch.cat((sin, sin)))
-        slots = self.z_embed.weight.expand(b, -1, -1).to(prev.dtype)
-        h = torch.cat((slots, prev + self.xy_embed.weight[0], cur + self.xy_embed.weight[1]), dim=1)
+        change = cur - prev if self.encode_difference else cur
+        h = torch.cat(
+            (slots.expand(b, -1, -1).to(prev.dtype), prev + self.xy_embed.weight[0], change + self.xy_embed.weight[1]),
+            dim=1,
+        )
         for block in self.encoder_blocks:
             h = block(h, rope)
-        return self.to_token(self.norm(h[:, : self.num_tokens]))
+        return self.to_token(self.norm(h[:, : slots.shape[0]]))
 
     def decode(
         self,
@@ -100,12 +115,12 @@ class DeltaTok(nn.Module):
         *,
         rope_scale: float = 1.0,
     ) -> torch.Tensor:
-        """tokens (B, K, C), prev (B, N, D) -> current features (B, N, D)."""
+        """tokens (B, K, C), prev (B, N, D) -> current features (B, N, D); any K (key frames)."""
         rope = self.rope(grid, scale=rope_scale, device=prev.device)
         h = torch.cat((self.from_token(tokens).to(prev.dtype), prev), dim=1)
         for block in self.decoder_blocks:
             h = block(h, rope)
-        return h[:, self.num_tokens :]
+        return h[:, tokens.shape[1] :]
 
     def tokenize(
         self, feats: torch.Tensor, grid: tuple[int, int], first_prev: torch.Tensor

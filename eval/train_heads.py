@@ -1,0 +1,101 @@
+"""Training the linear heads on frozen VFM features of labelled frames, and scoring them.
+
+Segmentation: cross-entropy of the logits upsampled to label resolution (IGNORE_INDEX skipped).
+Depth: L1 in metres on valid pixels of the predicted depth upsampled to label resolution.
+Non-square frames go through the same two-crop split as the benchmark, so heads see what they
+will be scored on.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from data.labelled import IGNORE_INDEX
+from eval.crops import crops_to_label_halves
+from eval.forecast import crop_batch, labelled_batches, score_heads
+from eval.heads import apply_head
+from eval.metrics import DenseMetrics, valid_depth
+from eval.records import Record
+from tokenizer.backbone import Backbone
+
+
+def head_losses(heads: nn.ModuleDict, feats: torch.Tensor, grid: tuple[int, int], labels: dict, layout) -> dict[str, torch.Tensor]:
+    """Per-task training losses of heads on features (B, N, D) against label halves (B, h, w)."""
+    losses = {}
+    for task, target in labels.items():
+        out = apply_head(heads[task], feats, grid).float()
+        if task == "segmentation":
+            logits = crops_to_label_halves(out, target.shape[-2:], layout)
+            losses[task] = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        else:
+            depth = crops_to_label_halves(out[:, None], target.shape[-2:], layout)[:, 0]
+            pred, true = valid_depth(depth, target)
+            losses[task] = F.l1_loss(pred, true) if true.numel() else depth.sum() * 0
+    return losses
+
+
+def train_heads(
+    *,
+    backbone: Backbone,
+    heads: nn.ModuleDict,
+    dataset: Dataset,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    num_workers: int = 0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[dict]:
+    """Train `heads` in place on the last frame of each item; returns the mean losses per epoch."""
+    torch.manual_seed(seed)
+    heads.to(device).train()
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)
+    history = []
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        steps = 0
+        batches = labelled_batches(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=True, seed=seed + epoch)
+        bar = tqdm(batches, desc=f"heads epoch {epoch + 1}/{epochs}", unit="batch", total=math.ceil(len(dataset) / batch_size))
+        for batch in bar:
+            frames, _, labels, layout = crop_batch(batch, heads)
+            with torch.no_grad():
+                feats = backbone(frames[:, -1:].to(device))[:, 0]  # (n*B, N, D)
+            grid = backbone.grid(*frames.shape[-2:])
+            losses = head_losses(heads, feats, grid, {k: v.to(device) for k, v in labels.items()}, layout)
+            optimizer.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            optimizer.step()
+            for task, loss in losses.items():
+                sums[task] = sums.get(task, 0.0) + loss.item()
+            steps += 1
+            bar.set_postfix({task: f"{loss.item():.3f}" for task, loss in losses.items()})
+        history.append({task: total / max(steps, 1) for task, total in sums.items()})
+    heads.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate_heads(
+    *,
+    backbone: Backbone,
+    heads: nn.ModuleDict,
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[Record]:
+    """miou / depth_rmse of the heads on the true features of each item's last (labelled) frame."""
+    metrics = DenseMetrics(num_classes=getattr(dataset, "num_classes", None))
+    heads.to(device).eval()
+    batches = labelled_batches(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False, seed=0)
+    for batch in tqdm(batches, desc="heads eval", unit="batch", total=math.ceil(len(dataset) / batch_size)):
+        frames, _, labels, layout = crop_batch(batch, heads)
+        feats = backbone(frames[:, -1:].to(device))[:, 0]
+        grid = backbone.grid(*frames.shape[-2:])
+        score_heads(metrics, heads, "heads", 0, feats, grid, {k: v.to(device) for k, v in labels.items()}, layout)
+    return metrics.records(getattr(dataset, "name", "dataset"))
