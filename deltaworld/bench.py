@@ -2,9 +2,11 @@
 
 import sys
 
+from data.bench import bench_data
 from eval.bench import bench_tokenizer, bench_world
+from eval.bench_codec import bench_codec
 
-BENCHMARKS = {"tokenizer": bench_tokenizer, "world": bench_world}
+BENCHMARKS = {"tokenizer": bench_tokenizer, "world": bench_world, "data": bench_data, "codec": bench_codec}
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ from data.sources import SyntheticSource
 from tokenizer.backbone import build_backbone
 from tokenizer.deltatok import DeltaTok
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# OMP_NUM_THREADS wins: on a loaded machine two spinning threads make tiny ops many times slower
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
 FRAME = 56  # 4x4 patch grid at patch 14
 

@@ -168,11 +168,14 @@ class DeltaWorld(nn.Module):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         use_cache: bool = True,
+        feedback: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Autoregressive sampling of M hypotheses, one batched forward per step.
 
         context tokens (B, Tc, K, C) at context_times (B, Tc); future_times (B, H) any spacing;
-        noise (B, M, H, dim) overrides the draws (fresh noise per step otherwise).
+        noise (B, M, H, dim) overrides the draws (fresh noise per step otherwise);
+        feedback(step, tokens (BM, 1, K, C)) -> tokens edits each prediction before it is output and
+        becomes context (e.g. writes given actions into their channels: `worldmodel.actions`).
         Returns tokens (B, M, H, K, C); hypotheses are expanded batch-major (row b * M + m).
         """
         b, horizon = future_times.shape
@@ -189,9 +192,13 @@ class DeltaWorld(nn.Module):
             queries = self.queries(noise[:, step : step + 1, None])  # (BM, 1, 1, K, dim)
             if use_cache:
                 pred = self.predict(queries, when, cache=cache)[:, :, 0]  # (BM, 1, K, C)
-                cache = self.extend_cache(cache, pred, when)
             else:
                 pred = self.predict(queries, when, context=tokens, context_times=times)[:, :, 0]
+            if feedback is not None:
+                pred = feedback(step, pred)
+            if use_cache:
+                cache = self.extend_cache(cache, pred, when)
+            else:
                 tokens, times = torch.cat((tokens, pred), 1), torch.cat((times, when), 1)
             out.append(pred[:, 0])
         return rearrange(torch.stack(out, 1), "(b m) h k c -> b m h k c", m=samples)

@@ -1,0 +1,109 @@
+"""LightningModule that trains the pixel DeltaToken: deterministic decoder by reconstruction loss,
+diffusion decoder by a flow-matching loss, both on closed-loop codec steps."""
+
+from collections.abc import Sequence
+
+import torch
+
+from tokenizer.blocks import Block
+from tokenizer.losses import feature_loss
+from tokenizer.module import FrozenBackboneModule
+from tokenizer.pixel import PixelDeltaToken, to_unit
+from tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame
+from tokenizer.training import compile_blocks, configure_adamw, step_generator
+
+
+class PixelTokenizerModule(FrozenBackboneModule):
+    """Each training clip is coded closed loop, frame by frame, as the codec runs at inference:
+    frame t is encoded and decoded against the (detached) reconstruction of frame t-1, so the
+    tokens learn to correct the decoder's own drift, and memory does not grow with T."""
+
+    frozen_modules = ()  # nothing frozen; the base keeps checkpoints loadable with weights_only
+
+    def __init__(
+        self,
+        *,
+        tokenizer: PixelDeltaToken,
+        loss: str = "mse",
+        diffusion_weight: float = 0.1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        warmup_steps: int = 1000,
+        betas: Sequence[float] = (0.9, 0.999),
+        eval_diffusion_steps: int = 4,
+        seed: int = 0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.tokenizer = tokenizer
+        if compile:
+            compile_blocks(tokenizer, Block)
+        self.criterion = feature_loss(loss)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return configure_adamw(self.tokenizer, lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps, betas=hp.betas)
+
+    def clip_losses(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """uint8 frames (B, T, 3, H, W) -> {"recon": ..., "diffusion": ...} averaged over frames."""
+        tok = self.tokenizer
+        x = to_unit(frames)
+        grid = tok.grid(*x.shape[-2:])
+        prev, recon_losses, diffusion_losses = None, [], []
+        for t in range(x.shape[1]):
+            cur = tok.patchify(x[:, t])  # (B, N, P)
+            tokens, recon, _ = tok.code_frame(cur, prev, t, grid)
+            recon_losses.append(self.criterion(recon.float(), cur).mean())
+            if tok.denoiser is not None:
+                # the denoiser learns on top of the codec, never reshapes it: with its gradient in the
+                # tokens, the flow loss (large while the residuals are) kept the reconstruction at
+                # mean-colour quality
+                diffusion_losses.append(tok.denoiser.loss(cur, recon.detach(), tokens.detach(), grid, generator=generator))
+            prev = recon.detach()
+        losses = {"recon": torch.stack(recon_losses).mean()}
+        if diffusion_losses:
+            losses["diffusion"] = torch.stack(diffusion_losses).mean()
+        return losses
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.clip_losses(batch["frames"], step_generator(self.hparams.seed, self.global_step, self.device))
+        loss = losses["recon"] + self.hparams.diffusion_weight * losses.get("diffusion", 0.0)
+        b = batch["frames"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        for name, value in losses.items():
+            self.log(f"train/{name}_loss", value, batch_size=b)
+        return loss
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x = to_unit(batch["frames"])
+        tokens, recon = self.tokenizer.encode_video(x)
+        b = x.shape[0]
+        metrics = {
+            "psnr": psnr_per_frame(recon, x).mean(),
+            "ssim": ssim_per_frame(recon, x).mean(),
+            # delta frames only, against repeating the previous true frame (an uncompressed
+            # reference the codec never has) and the previous reconstruction (tokens ignored)
+            "psnr_delta_frames": psnr_per_frame(recon[:, 1:], x[:, 1:]).mean(),
+            "psnr_copy_last": psnr_per_frame(x[:, :-1], x[:, 1:]).mean(),
+            "psnr_hold_reconstruction": psnr_per_frame(recon[:, :-1], x[:, 1:]).mean(),
+        }
+        if self.tokenizer.denoiser is not None:
+            generator = step_generator(self.hparams.seed, batch_idx, self.device)
+            sampled = self.tokenizer.decode_video(
+                self.tokenizer.split_tokens(tokens), x.shape[-2:], decoder="diffusion",
+                steps=self.hparams.eval_diffusion_steps, generator=generator,
+            )
+            metrics["psnr_diffusion"] = psnr_per_frame(sampled, x).mean()
+            metrics["ssim_diffusion"] = ssim_per_frame(sampled, x).mean()
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, batch_size=b, prog_bar=name == "psnr")
+
+    def exported(self) -> PixelDeltaToken:
+        return self.tokenizer
+
+    @staticmethod
+    def export_metadata(cfg: dict) -> dict:
+        """What `load_pixel_tokenizer` needs: the tokenizer config and the training frame size."""
+        return {"kind": "pixel_tokenizer", "tokenizer": cfg["tokenizer"], "frame_size": cfg["frame_size"]}
