@@ -51,8 +51,15 @@ METHOD_NOTES = (
 )
 
 
-def check_heads_backbone(heads_meta: dict, backbone: Backbone, heads_path: str | Path) -> None:
-    """Heads only mean something on the features they were trained on: refuse another backbone."""
+def check_heads(heads_meta: dict, backbone: Backbone, dataset: Dataset, heads_path: str | Path) -> None:
+    """Heads only mean something on the features and label set they were trained for: refuse
+    another backbone, or a dataset with other classes or without their task."""
+    config = heads_meta["heads"]
+    if config["num_classes"] not in (None, getattr(dataset, "num_classes", None)) or (config["depth_range"] is None) != (getattr(dataset, "depth_range", None) is None):
+        raise ValueError(
+            f"heads {heads_path} were trained for {heads_meta.get('dataset')} ({config['num_classes']} classes, depth range "
+            f"{config['depth_range']}), not for {dataset.name} ({dataset.num_classes} classes, depth range {dataset.depth_range})"
+        )
     digest = parameter_digest(backbone)
     if heads_meta.get("backbone_digest") != digest:
         raise ValueError(
@@ -69,11 +76,13 @@ def forecasting_methods(
     deterministic: tuple[DeltaTokens | PatchTokens, DeltaWorld] | None = None,
     samples: int,
     seed: int,
+    device: torch.device | str = "cpu",
 ) -> list[Method]:
     """The benchmark's methods, in the report's row order."""
     methods = [oracle, copy_last, tokenizer_ceiling(deltatok)]
     if world:
-        methods.append(world_forecaster(world[1], world[0], samples=samples, generator=torch.Generator().manual_seed(seed)))
+        generator = torch.Generator(device=device).manual_seed(seed)
+        methods.append(world_forecaster(world[1], world[0], samples=samples, generator=generator))
     if deterministic:
         methods.append(world_forecaster(deterministic[1], deterministic[0], samples=1, name="deterministic"))
     return methods
@@ -128,7 +137,7 @@ def run_benchmark(
         )
         stats = json.loads((out_dir / "diversity.json").read_text())
         figures[f"{samples} sampled futures of one clip (first 8 rows), PCA shared with the true features"] = out_dir / "hypotheses.png"
-        figures[f"Diversity over {frames.shape[0]} clips: distance between hypotheses, best and mean error, per future step"] = diversity_plot(out_dir / "diversity.png", stats)
+        figures[f"Diversity over {frames.shape[0] // layout.num_crops} clips: distance between hypotheses, best and mean error, per future step"] = diversity_plot(out_dir / "diversity.png", stats)
     report = write_report(out_dir, records, title=title, figures=figures, notes=[*METHOD_NOTES, *notes])
     return report, records
 
@@ -150,11 +159,11 @@ def run_eval(cfg: DictConfig) -> Path:
     backbone, deltatok, world, deterministic, meta = models_from_config(cfg, device)
     heads, heads_meta = load_heads(cfg.heads)
     heads.to(device)
-    check_heads_backbone(heads_meta, backbone, cfg.heads)
     with open_dict(cfg):
         cfg.frame_size = cfg.frame_size or meta["frame_size"]
     dataset = instantiate(cfg.data.benchmark.eval)
-    methods = forecasting_methods(deltatok=deltatok, world=world, deterministic=deterministic, samples=cfg.samples, seed=cfg.seed)
+    check_heads(heads_meta, backbone, dataset, cfg.heads)
+    methods = forecasting_methods(deltatok=deltatok, world=world, deterministic=deterministic, samples=cfg.samples, seed=cfg.seed, device=device)
     report, _ = run_benchmark(
         backbone=backbone, heads=heads, dataset=dataset, methods=methods, context=cfg.context, horizons=list(cfg.horizons),
         batch_size=cfg.batch_size, num_workers=cfg.num_workers, out_dir=Path(cfg.out_dir),

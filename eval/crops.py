@@ -16,6 +16,7 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class CropLayout:
     wide: bool | None  # None: square frames, nothing was cut
+    overlap: bool = False  # the crops overlap (aspect below 2:1); at exactly 2:1 each crop is one half
 
     @property
     def num_crops(self) -> int:
@@ -35,7 +36,7 @@ def square_crops(frames: torch.Tensor) -> tuple[torch.Tensor, CropLayout]:
         )
     first = frames[..., :s, :s]
     second = frames[..., :, w - s :] if wide else frames[..., h - s :, :]
-    return torch.cat([first, second]), CropLayout(wide=wide)
+    return torch.cat([first, second]), CropLayout(wide=wide, overlap=max(h, w) < 2 * s)
 
 
 def repeat_for_crops(x: torch.Tensor, layout: CropLayout) -> torch.Tensor:
@@ -61,10 +62,13 @@ def split_labels(labels: torch.Tensor, layout: CropLayout, *, fill: float | int)
 
 def crops_to_label_halves(pred: torch.Tensor, half_size: tuple[int, int], layout: CropLayout) -> torch.Tensor:
     """Predictions of the crops (n*B, C, h, w) -> (n*B, C, *half_size) on the label halves that
-    `split_labels` made (for square frames: the whole label map), bilinear. Labels have the frame's
-    aspect ratio, so a crop covers a square of the label map whose side is the halves' short side:
-    the first crop's square starts where the label starts, the second one ends where it ends."""
-    if layout.wide is None:
+    `split_labels` made (for square frames: the whole label map), bilinear.
+
+    At 2:1 each crop is exactly one half of the frame, so it is resized onto its label half whatever
+    the label's own aspect (KITTI's labels are wider than its capped frames). Below 2:1 the label has
+    the frame's aspect: a crop covers a square of the label map whose side is the halves' short side,
+    the first crop's square starting where the label starts, the second one ending where it ends."""
+    if layout.wide is None or not layout.overlap:
         return F.interpolate(pred, size=half_size, mode="bilinear", align_corners=False)
     side, length = (half_size[0], half_size[1]) if layout.wide else (half_size[1], half_size[0])
     up = F.interpolate(pred, size=(side, side), mode="bilinear", align_corners=False)

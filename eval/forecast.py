@@ -88,6 +88,17 @@ def labelled_batches(dataset: Dataset, *, batch_size: int, num_workers: int, shu
     return batch_by_shape(loader, batch_size)
 
 
+def head_maps(
+    head: nn.Module, task: str, feats: torch.Tensor, grid: tuple[int, int], half_size: tuple[int, int], layout: CropLayout
+) -> torch.Tensor:
+    """A head on crop features (n*B, N, D) -> its maps on the label halves: logits (n*B, C, h, w')
+    for segmentation, depth (n*B, h, w') in metres."""
+    out = apply_head(head, feats, grid).float()  # (n*B, C, h, w) or (n*B, h, w)
+    if task == "depth":
+        return crops_to_label_halves(out[:, None], half_size, layout)[:, 0]
+    return crops_to_label_halves(out, half_size, layout)
+
+
 def score_heads(
     metrics: DenseMetrics,
     heads: nn.ModuleDict,
@@ -100,12 +111,11 @@ def score_heads(
 ) -> None:
     """Heads on predicted features (n*B, N, D) -> maps at label resolution -> metric update."""
     for task, target in labels.items():
-        out = apply_head(heads[task], feats, grid).float()  # (n*B, C, h, w) or (n*B, h, w)
+        out = head_maps(heads[task], task, feats, grid, target.shape[-2:], layout)
         if task == "depth":
-            out = crops_to_label_halves(out[:, None], target.shape[-2:], layout)[:, 0]
             metrics.update_depth(method, horizon, out, target)
         else:
-            metrics.update_segmentation(method, horizon, crops_to_label_halves(out, target.shape[-2:], layout), target)
+            metrics.update_segmentation(method, horizon, out, target)
 
 
 def crop_batch(batch: dict, tasks: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], CropLayout]:
@@ -176,15 +186,15 @@ def forecast_figure(
     h, w = frames.shape[-2:]
     grid = backbone.grid(h, w)
     case = next(forecast_cases(feats, times, grid, backbone.black_features(h, w), context=context, horizons=[horizon]))
-    truth = {task: square_crops(batch[task])[0][:1].to(device) for task in heads if task in batch}  # (1, s, s)
+    # the label half that the first crop is scored on, (1, h, w')
+    truth = {task: split_labels(batch[task], layout, fill=LABEL_FILL[task])[:1].to(device) for task in heads if task in batch}
     pca = PCAProjection(feats[0])
 
     def maps(pred: torch.Tensor) -> list[torch.Tensor]:
         cells = [pca(pred[0], grid)]
         for task, target in truth.items():
-            out = apply_head(heads[task], pred, grid).float()
-            out = F.interpolate(out if task == "segmentation" else out[:, None], size=target.shape[-2:], mode="bilinear")
-            cells.append(colorize_segmentation(out.argmax(1)[0], num_classes) if task == "segmentation" else colorize_depth(out[0, 0], depth_range))
+            out = head_maps(heads[task], task, pred, grid, target.shape[-2:], layout)[0]  # first crop
+            cells.append(colorize_segmentation(out.argmax(0), num_classes) if task == "segmentation" else colorize_depth(out, depth_range))
         return cells
 
     truth_cells = [pca(case.target_feats[0], grid)]

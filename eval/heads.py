@@ -13,8 +13,6 @@ from einops import rearrange
 
 from tokenizer.checkpoint import export_safetensors, load_weights, read_metadata
 
-TASKS = ("segmentation", "depth")
-
 
 class SegHead(nn.Module):
     """(B, D, h, w) features -> (B, num_classes, h, w) logits."""

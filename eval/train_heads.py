@@ -15,9 +15,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from data.labelled import IGNORE_INDEX
-from eval.crops import crops_to_label_halves
-from eval.forecast import crop_batch, labelled_batches, score_heads
-from eval.heads import apply_head
+from eval.forecast import crop_batch, head_maps, labelled_batches, score_heads
 from eval.metrics import DenseMetrics, valid_depth
 from eval.records import Record
 from tokenizer.backbone import Backbone
@@ -27,14 +25,12 @@ def head_losses(heads: nn.ModuleDict, feats: torch.Tensor, grid: tuple[int, int]
     """Per-task training losses of heads on features (B, N, D) against label halves (B, h, w)."""
     losses = {}
     for task, target in labels.items():
-        out = apply_head(heads[task], feats, grid).float()
+        out = head_maps(heads[task], task, feats, grid, target.shape[-2:], layout)
         if task == "segmentation":
-            logits = crops_to_label_halves(out, target.shape[-2:], layout)
-            losses[task] = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+            losses[task] = F.cross_entropy(out, target, ignore_index=IGNORE_INDEX)
         else:
-            depth = crops_to_label_halves(out[:, None], target.shape[-2:], layout)[:, 0]
-            pred, true = valid_depth(depth, target)
-            losses[task] = F.l1_loss(pred, true) if true.numel() else depth.sum() * 0
+            pred, true = valid_depth(out, target)
+            losses[task] = F.l1_loss(pred, true) if true.numel() else out.sum() * 0
     return losses
 
 
@@ -52,7 +48,6 @@ def train_heads(
     device: torch.device | str = "cpu",
 ) -> list[dict]:
     """Train `heads` in place on the last frame of each item; returns the mean losses per epoch."""
-    torch.manual_seed(seed)
     heads.to(device).train()
     optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)
     history = []

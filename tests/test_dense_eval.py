@@ -9,19 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import FRAME, compose_train, make_deltatok
-from test_benchmarks_data import make_vspw
+from test_benchmarks_data import make_kitti, make_vspw
 from test_training import FAST, cli
 from test_world_training import WORLD_FAST
 from test_worldmodel import strengthen
 from torch.utils.data import Dataset
 
+from data.kitti import KITTI
+from data.labelled import SyntheticLabelled
 from data.vspw import VSPW
 from deltaworld.train import run_training
 from eval.crops import crops_to_label_halves, split_labels, square_crops
-from eval.forecast import evaluate_forecasts, labelled_batches, oracle
+from eval.forecast import evaluate_forecasts, forecast_figure, labelled_batches, oracle
 from eval.heads import DepthHead, build_heads, load_heads, save_heads
 from eval.metrics import DenseMetrics
 from eval.train_heads import evaluate_heads, train_heads
+from tokenizer.training import parameter_digest
 from worldmodel.deltaworld import DeltaWorld
 from worldmodel.sampling import ForecastCase, copy_last, sample_futures, world_forecaster
 from worldmodel.spaces import DeltaTokens
@@ -61,16 +64,17 @@ def test_two_crop_split_scores_every_label_pixel_exactly_once(size):
     assert torch.equal(seen, torch.arange(h * w))
 
 
-@pytest.mark.parametrize("size", [(6, 9, 2), (9, 6, 2), (8, 16, 2), (10, 17, 1), (17, 10, 1)])
+# (frame h, w, label h, w); the last is KITTI-like: 2:1 frames of wider labels
+@pytest.mark.parametrize("size", [(6, 9, 12, 18), (9, 6, 18, 12), (8, 16, 16, 32), (10, 17, 10, 17), (17, 10, 17, 10), (4, 8, 6, 22)])
 def test_crop_predictions_land_on_the_label_pixels_they_saw(size):
     """An identity 'model' on coordinate maps: each label half must receive the coordinates of
-    its own pixels from the crop that covers them (labels at `scale` times the frame size; odd sizes too)."""
-    h, w, scale = size
+    its own pixels from the crop that covers them (odd label sizes and other label aspects too)."""
+    h, w, lh, lw = size
     def coords(hh: int, ww: int) -> torch.Tensor:  # (1, 2, hh, ww): x and y of pixel centres in [0, 1]
         y, x = torch.meshgrid((torch.arange(hh) + 0.5) / hh, (torch.arange(ww) + 0.5) / ww, indexing="ij")
         return torch.stack([x, y])[None]
     crops, layout = square_crops(coords(h, w))
-    truth = torch.cat([split_labels(c[None], layout, fill=-1)[:, None] for c in coords(scale * h, scale * w)[0]], 1)
+    truth = torch.cat([split_labels(c[None], layout, fill=-1)[:, None] for c in coords(lh, lw)[0]], 1)
     pred = crops_to_label_halves(crops, truth.shape[-2:], layout)  # (2, 2, h', w')
     valid = truth >= 0
     # bilinear upsampling of a ramp is exact away from the borders; at a border it clamps by < 1 source pixel
@@ -183,23 +187,36 @@ def test_heads_and_eval_commands_write_every_row_and_figure(tmp_path, world_ckpt
         assert (out / figure).stat().st_size > 0 and f"({figure})" in report
 
 
-def test_eval_refuses_heads_of_another_backbone(tmp_path, world_ckpt):
-    heads = build_heads(in_dim=64, num_classes=4, depth_range=(1.0, 60.0))
-    path = save_heads(heads, tmp_path / "heads.safetensors", {"backbone_digest": "0" * 64})
-    from deltaworld.evaluate import check_heads_backbone
+def test_eval_refuses_heads_of_another_backbone_or_label_set(tmp_path, world_ckpt):
+    from deltaworld.evaluate import check_heads
     from tokenizer.checkpoint import load_tokenizer
 
     backbone, _ = load_tokenizer(world_ckpt)
-    with pytest.raises(ValueError, match="trained on another backbone"):
-        check_heads_backbone(load_heads(path)[1], backbone, path)
+    dataset = SyntheticLabelled(num_clips=1, height=28, width=28)  # 4 classes and depth
+    digest = parameter_digest(backbone)
+    for classes, stored_digest, message in ((4, "0" * 64, "trained on another backbone"), (19, digest, "trained for")):
+        heads = build_heads(in_dim=backbone.dim, num_classes=classes, depth_range=(1.0, 60.0))
+        path = save_heads(heads, tmp_path / f"heads{classes}.safetensors", {"backbone_digest": stored_digest})
+        with pytest.raises(ValueError, match=message):
+            check_heads(load_heads(path)[1], backbone, dataset, path)
+    good = save_heads(build_heads(in_dim=backbone.dim, num_classes=4, depth_range=(1.0, 60.0)), tmp_path / "good.safetensors", {"backbone_digest": digest})
+    check_heads(load_heads(good)[1], backbone, dataset, good)
 
 
-def test_benchmark_scores_a_non_square_dataset_through_two_crops(tmp_path, tiny_backbone):
-    """VSPW fixture frames are 5:3: two square crops per clip, each label pixel scored once."""
-    dataset = VSPW(root=make_vspw(tmp_path), split="val", frame_size=28)
-    assert dataset[0]["frames"].shape[-2:] == (28, 47)
+def labelled_fixture(kind: str, root):
+    """A benchmark adapter on a tiny fixture: VSPW (5:3 frames, overlapping crops, labels of the
+    frame's aspect) or KITTI (frames capped at 2:1 while the depth labels are 3.5:1)."""
+    if kind == "vspw":
+        return VSPW(root=make_vspw(root), split="val", frame_size=28)
+    return KITTI(root=make_kitti(root), split="val", frame_size=28, split_file=root / "eigen.txt")
+
+
+@pytest.mark.parametrize("kind", ["vspw", "kitti"])
+def test_benchmark_scores_non_square_datasets_through_two_crops(tmp_path, tiny_backbone, kind):
+    dataset = labelled_fixture(kind, tmp_path)
+    assert dataset[0]["frames"].shape[-2:] == {"vspw": (28, 47), "kitti": (28, 56)}[kind]
     torch.manual_seed(0)
-    heads = build_heads(in_dim=tiny_backbone.dim, num_classes=dataset.num_classes, depth_range=None).eval()
+    heads = build_heads(in_dim=tiny_backbone.dim, num_classes=dataset.num_classes, depth_range=dataset.depth_range).eval()
     records = evaluate_forecasts(
         backbone=tiny_backbone, batches=labelled_batches(dataset, batch_size=2, num_workers=0, shuffle=False, seed=0),
         methods=[oracle, copy_last], context=4, horizons=[1, 2], dataset=dataset.name, heads=heads,
@@ -207,4 +224,10 @@ def test_benchmark_scores_a_non_square_dataset_through_two_crops(tmp_path, tiny_
     )
     values = {(r.method, r.horizon, r.metric): r.value for r in records}
     assert values[("oracle", 1, "feat_loss")] == 0 and values[("copy_last", 2, "feat_loss")] > 0
-    assert 0 <= values[("oracle", 1, "miou")] <= 1 and ("copy_last", 2, "miou") in values
+    metric = "miou" if kind == "vspw" else "depth_rmse"
+    assert ("oracle", 1, metric) in values and ("copy_last", 2, metric) in values
+    figure = forecast_figure(
+        tmp_path / "f.png", backbone=tiny_backbone, heads=heads, methods=[oracle, copy_last], clip=dataset[0], context=4,
+        horizon=2, num_classes=dataset.num_classes, depth_range=dataset.depth_range,
+    )
+    assert figure.stat().st_size > 0
