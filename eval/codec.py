@@ -4,16 +4,12 @@ diffusion decoder against copy-last baselines, metric records and figures."""
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from eval.figures import image_grid  # noqa: E402
-from eval.records import Record  # noqa: E402
-from tokenizer.pixel import PixelDeltaToken, to_uint8, to_unit  # noqa: E402
-from tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame  # noqa: E402
+from eval.figures import image_grid, plt, save_figure  # figures selects the headless backend
+from eval.records import Record
+from tokenizer.pixel import PixelDeltaToken, to_uint8, to_unit
+from tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame
 
 
 @dataclass
@@ -70,8 +66,4 @@ def psnr_over_time_figure(result: CodecResult, path: str | Path) -> Path:
     ax.set_ylabel("PSNR (dB)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -9,6 +9,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, write (PNG, 110 dpi) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def image_grid(rows: list[tuple[str, list[torch.Tensor | None]]], path: str | Path, *, col_titles: list[str] | None = None, cell: float = 1.6) -> Path:
     """Rows of images (H, W, 3) float in [0, 1] or uint8 (3, H, W); None leaves a blank cell."""
     num_cols = max(len(images) for _, images in rows)
@@ -29,11 +38,7 @@ def image_grid(rows: list[tuple[str, list[torch.Tensor | None]]], path: str | Pa
                 ax.set_ylabel(label, fontsize=8)
             if r == 0 and col_titles and c < len(col_titles):
                 ax.set_title(col_titles[c], fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def hypothesis_grid(
@@ -98,8 +103,4 @@ def diversity_plot(path: str | Path, stats: dict) -> Path:
     for ax in (left, right):
         ax.set_xlabel("future time (s)" if "future_times" in stats else "step")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
