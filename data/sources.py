@@ -46,6 +46,7 @@ class SyntheticSource:
         width: int = 64,
         num_classes: int = 4,
         num_shapes: int = 3,
+        object_speed: tuple[float, float] = (0.1, 0.3),
         min_gap: float = 1 / 25,
         max_gap: float = 1 / 3,
     ) -> None:
@@ -55,6 +56,7 @@ class SyntheticSource:
             width=width,
             num_classes=num_classes,
             num_shapes=num_shapes,
+            object_speed=tuple(object_speed),
             min_gap=min_gap,
             max_gap=max_gap,
         )

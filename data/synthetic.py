@@ -75,10 +75,14 @@ def sample_scene(
     width: int = 64,
     num_classes: int = 4,
     num_shapes: int = 3,
+    object_speed: tuple[float, float] = (0.1, 0.3),
 ) -> Scene:
-    """Draw a scene: panning background, `num_shapes` objects of classes 1..num_classes-1."""
+    """Draw a scene: panning background, `num_shapes` objects of classes 1..num_classes-1 moving at
+    `object_speed` (min, max) frame sizes per second."""
     if num_shapes > 0 and num_classes < 2:
         raise ValueError("num_classes must be >= 2 (class 0 is background) when there are shapes")
+    if not 0 <= object_speed[0] <= object_speed[1]:
+        raise ValueError(f"object_speed must be (min, max) with 0 <= min <= max, got {tuple(object_speed)}")
     size = np.array([width, height], dtype=np.float64)
     short = min(height, width)
     # background: periods of 1/8 to 1.5 frame sizes, so it is textured yet smooth
@@ -104,7 +108,7 @@ def sample_scene(
         bg_depth_phase=float(rng.uniform(0, 2 * np.pi)),
         obj_class=obj_class,
         obj_pos=rng.uniform(0, 1, (n, 2)) * size,
-        obj_vel=_velocity(rng, n, 0.1, 0.3, size),
+        obj_vel=_velocity(rng, n, *object_speed, size),
         obj_radius=rng.uniform(0.08, 0.18, n) * short,
         obj_depth=rng.uniform(2, 20, n),
         obj_color=obj_color,
@@ -195,6 +199,7 @@ def render_clip(
     width: int = 64,
     num_classes: int = 4,
     num_shapes: int = 3,
+    object_speed: tuple[float, float] = (0.1, 0.3),
     min_gap: float = 1 / 25,
     max_gap: float = 1 / 3,
     timestamps: np.ndarray | None = None,
@@ -202,7 +207,7 @@ def render_clip(
     """A random labelled clip (see `render_scene` for the keys). With `timestamps` given, those
     times are rendered and `num_frames`, `min_gap`, `max_gap` are unused."""
     scene = sample_scene(
-        rng, height=height, width=width, num_classes=num_classes, num_shapes=num_shapes
+        rng, height=height, width=width, num_classes=num_classes, num_shapes=num_shapes, object_speed=object_speed
     )
     if timestamps is None:
         timestamps = sample_gaps(rng, num_frames, min_gap, max_gap)

@@ -13,8 +13,10 @@ from deltaworld.evaluate import forecasting_methods, run_benchmark
 from deltaworld.heads import fit_heads
 from deltaworld.train import run_training
 from eval.figures import image_grid
+from eval.heads import build_heads
 from eval.pca import PCAProjection
-from tokenizer.checkpoint import load_tokenizer, read_metadata
+from eval.train_heads import train_heads
+from tokenizer.checkpoint import export_safetensors, load_tokenizer, read_metadata
 from worldmodel.checkpoint import load_world
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,31 @@ def train_world(cfg: DictConfig, tokenizer_path: Path, name: str, overrides: lis
     return run_training(world_cfg)
 
 
+def pretrain_backbone(cfg: DictConfig, path: Path) -> Path:
+    """The demo's stand-in for a pretrained VFM: the random-init tiny backbone trained, with
+    throw-away heads, on labelled synthetic frames (`backbone_stage`), then saved for the
+    `backbone.checkpoint` of every later stage. Random features hash pixel patches: a sub-patch
+    shift changes them as much as a new object does, so forecasting them says nothing about a
+    scene, whereas a VFM's features move with what is in it. Nothing here sees evaluation clips."""
+    stage = cfg.backbone_stage
+    backbone = instantiate(cfg.backbone)
+    train_set = instantiate(cfg.data.benchmark.train, num_clips=stage.num_clips)
+    torch.manual_seed(cfg.seed)
+    heads = build_heads(in_dim=backbone.dim, num_classes=train_set.num_classes, depth_range=train_set.depth_range)
+    history = train_heads(
+        backbone=backbone, heads=heads, dataset=train_set, epochs=stage.epochs, batch_size=stage.batch_size,
+        lr=stage.lr, weight_decay=stage.weight_decay, seed=cfg.seed, train_backbone=True,
+    )
+    log.info("backbone pretraining losses per epoch: %s", history)
+    return export_safetensors(backbone.model, path)
+
+
 def run_demo(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     with open_dict(cfg):
         cfg.run_dir = str(out_dir / "tokenizer")
+        if cfg.backbone_stage:
+            cfg.backbone.checkpoint = str(pretrain_backbone(cfg, out_dir / "backbone.safetensors"))
     tokenizer_path = run_training(cfg)
     world_path = train_world(cfg, tokenizer_path, "world", list(cfg.world_stage.overrides))
     deterministic_path = train_world(
@@ -82,6 +105,11 @@ def run_demo(cfg: DictConfig) -> Path:
             figure_clips=cfg.eval.figure_clips, seed=cfg.seed, device=device,
             figures={"DeltaTok: true vs closed-loop reconstructed features": tokenizer_png},
             notes=[
+                *(
+                    [f"backbone: the random-init tiny ViT trained {cfg.backbone_stage.epochs} epochs on {cfg.backbone_stage.num_clips} labelled "
+                     "synthetic frames (a stand-in for VFM pretraining), then frozen for every stage: backbone.safetensors"]
+                    if cfg.backbone_stage else []
+                ),
                 f"the world models were trained {cfg.world_stage.overrides}; the deterministic one with one learned query (N=1), as many steps",
                 f"weights: {tokenizer_path.relative_to(out_dir)}, {world_path.relative_to(out_dir)}, "
                 f"{deterministic_path.relative_to(out_dir)}, heads.safetensors",

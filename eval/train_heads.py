@@ -7,6 +7,7 @@ will be scored on.
 """
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -46,30 +47,35 @@ def train_heads(
     num_workers: int = 0,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    train_backbone: bool = False,
 ) -> list[dict]:
-    """Train `heads` in place on the last frame of each item; returns the mean losses per epoch."""
+    """Train `heads` in place on the last frame of each item; returns the mean losses per epoch.
+    `train_backbone` trains the backbone's weights too (then frozen again): how the demo gives its
+    random-init stand-in VFM the semantics a pretrained one has, before any heads are fitted."""
     heads.to(device).train()
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)
     history = []
-    for epoch in range(epochs):
-        sums: dict[str, float] = {}
-        steps = 0
-        batches = labelled_batches(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=True, seed=seed + epoch)
-        bar = tqdm(batches, desc=f"heads epoch {epoch + 1}/{epochs}", unit="batch", total=math.ceil(len(dataset) / batch_size))
-        for batch in bar:
-            frames, _, labels, layout = crop_batch(batch, heads)
-            with torch.no_grad():
-                feats = backbone(frames[:, -1:].to(device))[:, 0]  # (n*B, N, D)
-            grid = backbone.grid(*frames.shape[-2:])
-            losses = head_losses(heads, feats, grid, {k: v.to(device) for k, v in labels.items()}, layout)
-            optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            optimizer.step()
-            for task, loss in losses.items():
-                sums[task] = sums.get(task, 0.0) + loss.item()
-            steps += 1
-            bar.set_postfix({task: f"{loss.item():.3f}" for task, loss in losses.items()})
-        history.append({task: total / max(steps, 1) for task, total in sums.items()})
+    with backbone.unfrozen() if train_backbone else nullcontext([]) as backbone_params:
+        optimizer = torch.optim.AdamW([*heads.parameters(), *backbone_params], lr=lr, weight_decay=weight_decay)
+        for epoch in range(epochs):
+            sums: dict[str, float] = {}
+            steps = 0
+            batches = labelled_batches(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=True, seed=seed + epoch)
+            what = "backbone+heads" if train_backbone else "heads"
+            bar = tqdm(batches, desc=f"{what} epoch {epoch + 1}/{epochs}", unit="batch", total=math.ceil(len(dataset) / batch_size))
+            for batch in bar:
+                frames, _, labels, layout = crop_batch(batch, heads)
+                with torch.set_grad_enabled(train_backbone):
+                    feats = backbone.features(frames[:, -1:].to(device))[:, 0]  # (n*B, N, D)
+                grid = backbone.grid(*frames.shape[-2:])
+                losses = head_losses(heads, feats, grid, {k: v.to(device) for k, v in labels.items()}, layout)
+                optimizer.zero_grad(set_to_none=True)
+                sum(losses.values()).backward()
+                optimizer.step()
+                for task, loss in losses.items():
+                    sums[task] = sums.get(task, 0.0) + loss.item()
+                steps += 1
+                bar.set_postfix({task: f"{loss.item():.3f}" for task, loss in losses.items()})
+            history.append({task: total / max(steps, 1) for task, total in sums.items()})
     heads.eval()
     return history
 

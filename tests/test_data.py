@@ -72,6 +72,17 @@ def test_gaps_within_bounds():
         sample_gaps(rng, 4, 0.3, 0.1)
 
 
+def test_object_speed_sets_how_far_objects_move():
+    def object_travel(speed: tuple[float, float]) -> float:
+        clip = render_clip(np.random.default_rng(5), num_frames=2, min_gap=0.5, max_gap=0.5, object_speed=speed)
+        return (clip["segmentation"][0] != clip["segmentation"][1]).float().mean().item()
+
+    assert object_travel((0.0, 0.0)) == 0  # the background pans, but its class does not change
+    assert 0 < object_travel((0.05, 0.1)) < object_travel((0.3, 0.6))
+    with pytest.raises(ValueError, match="object_speed"):
+        render_clip(np.random.default_rng(0), object_speed=(0.5, 0.1))
+
+
 def test_segmentation_and_depth_agree_with_scene():
     for seed in range(5):
         rng = np.random.default_rng(seed)

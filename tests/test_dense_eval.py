@@ -3,6 +3,7 @@ semantics of best / mean, and the `deltaworld heads` + `deltaworld eval` command
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from eval.forecast import evaluate_forecasts, forecast_figure, labelled_batches,
 from eval.heads import DepthHead, build_heads, load_heads, save_heads
 from eval.metrics import DenseMetrics
 from eval.train_heads import evaluate_heads, train_heads
+from tokenizer.backbone import build_backbone
 from tokenizer.training import parameter_digest
 from worldmodel.deltaworld import DeltaWorld
 from worldmodel.sampling import ForecastCase, copy_last, sample_futures, world_forecaster
@@ -135,6 +137,30 @@ def test_heads_learn_a_trivial_case_and_survive_a_round_trip(tiny_backbone, tmp_
     loaded, meta = load_heads(path)
     again = {r.metric: r.value for r in evaluate_heads(backbone=tiny_backbone, heads=loaded, dataset=held_out, batch_size=8)}
     assert meta["dataset"] == "patch_colours" and again == pytest.approx(scores)
+
+
+def test_training_the_backbone_with_its_heads_moves_it_and_leaves_it_frozen():
+    """The demo's stand-in VFM pretraining: backbone weights train with the heads, beat frozen
+    random features on the same budget, and come back frozen (no grad, fresh black-frame cache)."""
+    train = PatchColours(32, seed=0)
+
+    def fit(train_backbone: bool) -> tuple[torch.nn.Module, float, torch.Tensor]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            backbone = build_backbone(img_size=FRAME, arch={"depth": 2, "embed_dim": 64, "num_heads": 4})
+        black = backbone.black_features(FRAME, FRAME)  # cached before training
+        torch.manual_seed(0)
+        heads = build_heads(in_dim=backbone.dim, num_classes=3, depth_range=PatchColours.depth_range)
+        history = train_heads(backbone=backbone, heads=heads, dataset=train, epochs=3, batch_size=8, lr=3e-3, weight_decay=0.0, train_backbone=train_backbone)
+        return backbone, history[-1]["depth"], black
+
+    frozen, frozen_loss, _ = fit(False)
+    trained, trained_loss, black_before = fit(True)
+    assert trained_loss < frozen_loss
+    moved = [not torch.equal(a, b) for a, b in zip(frozen.parameters(), trained.parameters(), strict=True)]
+    assert all(moved[:3]) and sum(moved) > len(moved) // 2
+    assert not any(p.requires_grad for p in trained.parameters())
+    assert not torch.equal(trained.black_features(FRAME, FRAME), black_before)
 
 
 def test_best_is_the_closest_hypothesis_and_mean_averages_features(tiny_backbone):

@@ -2,6 +2,8 @@
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -46,6 +48,17 @@ class Backbone(nn.Module):
         # frozen means frozen: dropout/drop-path stay off whatever the parent module does
         return super().train(False)
 
+    @contextmanager
+    def unfrozen(self) -> Iterator[list[nn.Parameter]]:
+        """Train the backbone's own weights inside this block (yields them); frozen again on exit.
+        For giving a random-init demo backbone semantics, never for a pretrained VFM."""
+        self.model.requires_grad_(True)
+        try:
+            yield list(self.model.parameters())
+        finally:
+            self.requires_grad_(False)
+            self._black.clear()
+
     def grid(self, height: int, width: int) -> tuple[int, int]:
         p = self.patch_size
         if height % p or width % p:
@@ -57,6 +70,11 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.features(frames)
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """`forward` with autograd left as the caller set it: only for training the backbone
+        itself (`eval.train_heads.train_heads(train_backbone=True)`), which unfreezes it."""
         if frames.dtype != torch.uint8 or frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(
                 f"expected uint8 frames (B, T, 3, H, W), got {tuple(frames.shape)} {frames.dtype}"
