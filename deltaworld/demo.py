@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from deltaworld.evaluate import forecasting_methods, run_benchmark
-from deltaworld.heads import fit_heads
+from deltaworld.heads import fit_heads, resolve_device
 from deltaworld.train import run_training
 from eval.figures import image_grid
 from eval.heads import build_heads
@@ -22,9 +22,9 @@ from worldmodel.checkpoint import load_world
 log = logging.getLogger(__name__)
 
 
-def tokenizer_figure(backbone, deltatok, clip: dict, path: Path) -> Path:
+def tokenizer_figure(backbone, deltatok, clip: dict, path: Path, device: torch.device) -> Path:
     """Frames, PCA of true features and of the closed-loop reconstruction from frame 0."""
-    frames = clip["frames"][None]  # (1, T, 3, H, W)
+    frames = clip["frames"][None].to(device)  # (1, T, 3, H, W)
     feats = backbone(frames)
     grid = backbone.grid(*frames.shape[-2:])
     _, recon = deltatok.reconstruct(feats[:, 1:], grid, feats[:, 0])
@@ -50,20 +50,20 @@ def train_world(cfg: DictConfig, tokenizer_path: Path, name: str, overrides: lis
     return run_training(world_cfg)
 
 
-def pretrain_backbone(cfg: DictConfig, path: Path) -> Path:
+def pretrain_backbone(cfg: DictConfig, path: Path, device: torch.device) -> Path:
     """The demo's stand-in for a pretrained VFM: the random-init tiny backbone trained, with
     throw-away heads, on labelled synthetic frames (`backbone_stage`), then saved for the
     `backbone.checkpoint` of every later stage. Random features hash pixel patches: a sub-patch
     shift changes them as much as a new object does, so forecasting them says nothing about a
     scene, whereas a VFM's features move with what is in it. Nothing here sees evaluation clips."""
     stage = cfg.backbone_stage
-    backbone = instantiate(cfg.backbone)
+    backbone = instantiate(cfg.backbone).to(device)
     train_set = instantiate(cfg.data.benchmark.train, num_clips=stage.num_clips)
     torch.manual_seed(cfg.seed)
     heads = build_heads(in_dim=backbone.dim, num_classes=train_set.num_classes, depth_range=train_set.depth_range)
     history = train_heads(
         backbone=backbone, heads=heads, dataset=train_set, epochs=stage.epochs, batch_size=stage.batch_size,
-        lr=stage.lr, weight_decay=stage.weight_decay, seed=cfg.seed, train_backbone=True,
+        lr=stage.lr, weight_decay=stage.weight_decay, seed=cfg.seed, device=device, train_backbone=True,
     )
     log.info("backbone pretraining losses per epoch: %s", history)
     return export_safetensors(backbone.model, path)
@@ -71,20 +71,23 @@ def pretrain_backbone(cfg: DictConfig, path: Path) -> Path:
 
 def run_demo(cfg: DictConfig) -> Path:
     out_dir = Path(cfg.out_dir)
+    device = resolve_device(cfg.device)
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
     with open_dict(cfg):
         cfg.run_dir = str(out_dir / "tokenizer")
+        cfg.trainer.accelerator = accelerator
         if cfg.backbone_stage:
-            cfg.backbone.checkpoint = str(pretrain_backbone(cfg, out_dir / "backbone.safetensors"))
+            cfg.backbone.checkpoint = str(pretrain_backbone(cfg, out_dir / "backbone.safetensors", device))
     tokenizer_path = run_training(cfg)
-    world_path = train_world(cfg, tokenizer_path, "world", list(cfg.world_stage.overrides))
+    world_overrides = [*cfg.world_stage.overrides, f"trainer.accelerator={accelerator}"]
+    world_path = train_world(cfg, tokenizer_path, "world", world_overrides)
     deterministic_path = train_world(
-        cfg, tokenizer_path, "deterministic", [*cfg.world_stage.overrides, "world.deterministic=true", "module.num_hypotheses=1"]
+        cfg, tokenizer_path, "deterministic", [*world_overrides, "world.deterministic=true", "module.num_hypotheses=1"]
     )
 
-    device = torch.device("cpu")
-    backbone, deltatok = load_tokenizer(tokenizer_path)
-    _, space, world, _ = load_world(world_path)
-    _, _, deterministic, _ = load_world(deterministic_path)
+    backbone, deltatok = load_tokenizer(tokenizer_path, device)
+    _, space, world, _ = load_world(world_path, device)
+    _, _, deterministic, _ = load_world(deterministic_path, device)
     with open_dict(cfg):
         cfg.data.benchmark.eval.num_clips = cfg.eval.clips
         cfg.data.benchmark.eval.num_frames = cfg.eval.context + max(cfg.eval.horizons)
@@ -96,12 +99,12 @@ def run_demo(cfg: DictConfig) -> Path:
     )
     samples = cfg.world_stage.samples
     with torch.no_grad():
-        tokenizer_png = tokenizer_figure(backbone, deltatok, eval_set[0], out_dir / "tokenizer_pca.png")
+        tokenizer_png = tokenizer_figure(backbone, deltatok, eval_set[0], out_dir / "tokenizer_pca.png", device)
         report, _ = run_benchmark(
             backbone=backbone, heads=heads, dataset=eval_set,
-            methods=forecasting_methods(deltatok=deltatok, world=(space, world), deterministic=(space, deterministic), samples=samples, seed=cfg.seed),
+            methods=forecasting_methods(deltatok=deltatok, world=(space, world), deterministic=(space, deterministic), samples=samples, seed=cfg.seed, device=device),
             context=cfg.eval.context, horizons=list(cfg.eval.horizons), batch_size=cfg.eval.batch_size, num_workers=0,
-            out_dir=out_dir, title="DeltaWorld demo (synthetic labelled video, CPU)", world=(space, world), samples=samples,
+            out_dir=out_dir, title=f"DeltaWorld demo (synthetic labelled video, {device.type.upper()})", world=(space, world), samples=samples,
             figure_clips=cfg.eval.figure_clips, seed=cfg.seed, device=device,
             figures={"DeltaTok: true vs closed-loop reconstructed features": tokenizer_png},
             notes=[

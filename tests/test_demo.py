@@ -1,7 +1,9 @@
 """`deltaworld demo` end to end on a tiny budget: every stage runs and hands its weights on."""
 
+import pytest
+import torch
 from hydra import compose, initialize_config_module
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from safetensors.torch import load_file
 from test_training import FAST
 from test_world_training import WORLD_FAST
@@ -13,12 +15,15 @@ from tokenizer.checkpoint import load_tokenizer, read_metadata
 from tokenizer.training import parameter_digest
 
 
-def test_demo_pretrains_the_stand_in_backbone_and_scores_every_method(tmp_path):
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+)
+def test_demo_pretrains_the_stand_in_backbone_and_scores_every_method(tmp_path, device):
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = compose(
             config_name="demo",
             overrides=[
-                *FAST, "trainer.max_steps=2", f"out_dir={tmp_path}", "run_dir=unused",
+                *FAST, "trainer.max_steps=2", f"out_dir={tmp_path}", "run_dir=unused", f"device={device}",
                 "backbone_stage.num_clips=8", "backbone_stage.epochs=1", "backbone_stage.batch_size=4",
                 "heads_stage.epochs=1", "world_stage.samples=2",
                 "eval.clips=2", "eval.batch_size=2", "eval.figure_clips=1",
@@ -42,3 +47,6 @@ def test_demo_pretrains_the_stand_in_backbone_and_scores_every_method(tmp_path):
     methods = ["oracle", "copy_last", "tokenizer", "deltaworld_best", "deltaworld_mean", "deterministic"]
     assert {(m, k, h) for m in methods for k in ("miou", "depth_rmse") for h in (1, 3)} <= rows
     assert "| synthetic | deltaworld_best |" in report.read_text()
+    accelerator = {"cpu": "cpu", "cuda": "gpu"}[device]
+    for stage in ("tokenizer", "world", "deterministic"):  # every training stage ran where `device` says
+        assert OmegaConf.load(tmp_path / stage / "config.yaml").trainer.accelerator == accelerator
