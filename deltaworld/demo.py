@@ -1,4 +1,5 @@
-"""`deltaworld demo`: the whole pipeline on CPU in minutes, ending in a report."""
+"""`deltaworld demo`: the whole pipeline on synthetic labelled video, ending in a report
+(CPU by default, `device=cuda` for a GPU)."""
 
 import logging
 from pathlib import Path

@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import compose_train
 from hydra import compose, initialize_config_module
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 from deltaworld.cli import main as cli_main
 from deltaworld.train import run_training
@@ -47,8 +50,14 @@ def test_every_preset_composes(tmp_path):
     presets = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
     assert {"cpu_demo", "paper"} <= set(presets)
     for preset in presets:
-        cfg = compose_train([f"experiment={preset}", "++data.root=/videos"], tmp_path)
+        cfg = compose_train([f"experiment={preset}", f"++data.root={tmp_path / 'videos'}"], tmp_path)
         assert cfg.module._target_ and cfg.trainer._target_ == "lightning.Trainer"
+        if "root" in cfg.data.source:  # a folder source: its clear error, since no folder exists here
+            with pytest.raises(InstantiationException, match="video folder .* does not exist"):
+                instantiate(cfg.data.source)
+        else:  # every key a preset sets must fit the source it ends up with
+            clip = instantiate(cfg.data.source).sample_clip(np.random.default_rng(0))
+            assert clip["frames"].shape[0] == cfg.data.source.num_frames, preset
     paper = compose_train(["experiment=paper", "++data.root=/videos"], tmp_path)
     effective = paper.data.batch_size * paper.trainer.accumulate_grad_batches * paper.trainer.devices
     assert effective == 1024 and paper.backbone.name == "vit_base_patch14_dinov2"
