@@ -54,13 +54,13 @@ def train_heads(
     random-init stand-in VFM the semantics a pretrained one has, before any heads are fitted."""
     heads.to(device).train()
     history = []
+    what = "backbone+heads" if train_backbone else "heads"
     with backbone.unfrozen() if train_backbone else nullcontext([]) as backbone_params:
         optimizer = torch.optim.AdamW([*heads.parameters(), *backbone_params], lr=lr, weight_decay=weight_decay)
         for epoch in range(epochs):
             sums: dict[str, float] = {}
             steps = 0
             batches = labelled_batches(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=True, seed=seed + epoch)
-            what = "backbone+heads" if train_backbone else "heads"
             bar = tqdm(batches, desc=f"{what} epoch {epoch + 1}/{epochs}", unit="batch", total=math.ceil(len(dataset) / batch_size))
             for batch in bar:
                 frames, _, labels, layout = crop_batch(batch, heads)
