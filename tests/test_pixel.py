@@ -166,6 +166,22 @@ def test_cpu_preset_module_step_and_export(tmp_path):
     torch.testing.assert_close(loaded.encode_video(to_unit(frames))[0], module.tokenizer.eval().encode_video(to_unit(frames))[0])
 
 
+def test_denoiser_gradients_do_not_shrink_the_codec_step():
+    module = PixelTokenizerModule(tokenizer=tiny_pixel())
+    losses = module.clip_losses(torch.stack([clip(3), clip(3, seed=1)]))
+    (losses["recon"] + 1e3 * losses["diffusion"]).backward()  # a denoiser gradient far above the clip
+    denoiser = set(module.tokenizer.denoiser.parameters())
+    codec = [p for p in module.tokenizer.parameters() if p not in denoiser and p.grad is not None]
+    codec_before = [p.grad.clone() for p in codec]
+    codec_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in codec_before]))
+    assert codec_norm < 1.0  # so the codec's own clip leaves it as it is
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    for p, before in zip(codec, codec_before, strict=True):
+        torch.testing.assert_close(p.grad, before)
+    denoiser_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in denoiser]))
+    torch.testing.assert_close(denoiser_norm, torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+
+
 def test_codec_command_round_trip(tmp_path, capsys):
     from data.video import write_video
     from deltaworld import codec

@@ -66,6 +66,20 @@ class PixelTokenizerModule(FrozenBackboneModule):
             losses["diffusion"] = torch.stack(diffusion_losses).mean()
         return losses
 
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip the codec and the denoiser each on its own norm: the flow loss's gradients are much
+        larger than the reconstruction's, and one joint clip shrank the codec's steps with them
+        (val PSNR 15.3 against 17.3 dB without the denoiser, 400 steps of `pixel_actions_cpu`)."""
+        denoiser = self.tokenizer.denoiser
+        if denoiser is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        denoiser_ids = {id(p) for p in denoiser.parameters()}
+        codec = [p for p in self.tokenizer.parameters() if id(p) not in denoiser_ids]
+        for params in (codec, list(denoiser.parameters())):
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.clip_losses(batch["frames"], step_generator(self.hparams.seed, self.global_step, self.device))
         loss = losses["recon"] + self.hparams.diffusion_weight * losses.get("diffusion", 0.0)
