@@ -75,9 +75,9 @@ class PixelTokenizerModule(FrozenBackboneModule):
         denoiser = self.tokenizer.denoiser
         if denoiser is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        denoiser_ids = {id(p) for p in denoiser.parameters()}
-        codec = [p for p in self.tokenizer.parameters() if id(p) not in denoiser_ids]
-        for params in (codec, list(denoiser.parameters())):
+        denoiser_params = set(denoiser.parameters())
+        codec_params = [p for p in self.tokenizer.parameters() if p not in denoiser_params]
+        for params in (codec_params, denoiser_params):
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
