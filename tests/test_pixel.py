@@ -120,6 +120,22 @@ def test_diffusion_loss_decreases_and_sampling_is_seeded():
         tiny_pixel(diffusion=None).refine(det, tokens, grid)
 
 
+@pytest.mark.parametrize("steps", [1, 4])
+def test_diffusion_sample_lands_on_the_predicted_clean_residual(steps, monkeypatch):
+    """The Euler path of the x-prediction flow ends on the network's last clean estimate: with a
+    network that always answers r, every seed samples det + scale r, and the loss at r is zero."""
+    denoiser, grid = tiny_pixel().denoiser, (4, 4)
+    det = torch.randn(2, 16, 48, generator=torch.Generator().manual_seed(0))
+    residual = torch.randn(2, 16, 48, generator=torch.Generator().manual_seed(1))
+    tokens = torch.randn(2, 2, 8, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(denoiser, "predict_clean", lambda *args: residual)
+    for seed in (3, 4):
+        sampled = denoiser.sample(det, tokens, grid, steps=steps, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(sampled, det + denoiser.residual_scale * residual)
+    target = det + denoiser.residual_scale * residual
+    assert denoiser.loss(target, det, tokens, grid, generator=torch.Generator().manual_seed(5)).item() < 1e-8
+
+
 def test_round_trip_on_tiny_video_beats_copy_last():
     frames = clip(3, gap=0.3)[None]  # (1, 3, 3, 16, 16), large motion between frames
     torch.manual_seed(0)

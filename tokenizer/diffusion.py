@@ -9,6 +9,15 @@ Why flow matching rather than DDPM: the straight noise-to-data paths of rectifie
 Euler steps (4 by default) usable without a distilled sampler or a tuned noise schedule, the loss
 is a plain velocity regression, and the sampler is a deterministic ODE once the initial noise is
 drawn, so a seed fixes the sample.
+
+Why the network predicts the clean residual (x-prediction, scored by the velocity loss, as in Li &
+He 2025, "Back to Basics: Let Denoising Generative Models Denoise"): a patch holds 3 p^2 values
+(768 at p = 16) and the transformer is narrower than that. A velocity (data - noise) is as
+high-dimensional as the noise, and what a narrow network cannot pass through stayed in the sample
+as speckle. A clean residual is smooth and low-dimensional, and the last Euler step lands on the
+network's own prediction. On one `pixel_cpu` codec (`codec eval`, 16 frames, 4 steps), velocity
+prediction with uniform times sampled at SSIM 0.24, this x-prediction with logit-normal times at
+0.38 (the deterministic decoder: 0.54).
 """
 
 import math
@@ -30,7 +39,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1000.0) ->
 
 
 class PatchDenoiser(nn.Module):
-    """velocity(x_t, t | deterministic patches, tokens): a transformer over [tokens | patches]."""
+    """The clean scaled residual given (x_t, t | deterministic patches, tokens), from a transformer
+    over [tokens | patches]; the flow's velocity follows from it."""
 
     def __init__(
         self,
@@ -45,9 +55,17 @@ class PatchDenoiser(nn.Module):
         residual_scale: float = 0.1,
         rope_theta: float = 100.0,
         init_std: float = 0.02,
+        min_remaining_time: float = 0.05,
+        time_mean: float = -0.8,
+        time_std: float = 0.8,
     ) -> None:
         super().__init__()
         self.dim, self.num_heads, self.rope_theta = dim, num_heads, rope_theta
+        # v = (x_hat - x_t) / (1 - t) divides by the time left; bounding it keeps the loss finite at t -> 1
+        self.min_remaining_time = min_remaining_time
+        # training times t = sigmoid(N(mean, std)): mostly noisy inputs, where a few-step sampler
+        # spends its steps, and rarely the near-clean ones that the division above weights heavily
+        self.time_mean, self.time_std = time_mean, time_std
         # residuals of a trained deterministic decoder are small: scale them to about unit variance
         self.residual_scale = residual_scale
         self.in_proj = nn.Linear(2 * patch_dim, dim)  # [noisy residual | deterministic patch]
@@ -56,19 +74,27 @@ class PatchDenoiser(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, patch_dim))
         init_linear_weights(self, std=init_std)
-        nn.init.zeros_(self.out[1].weight)  # starts at velocity 0: the sample is the noise mean, det
+        nn.init.zeros_(self.out[1].weight)  # predicts a zero residual at first: samples start at det
         nn.init.zeros_(self.out[1].bias)
 
-    def velocity(
+    def predict_clean(
         self, x: torch.Tensor, t: torch.Tensor, det: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        """x, det (B, N, P); t (B,); tokens (B, K, C) -> velocity (B, N, P)."""
+        """x, det (B, N, P); t (B,); tokens (B, K, C) -> clean scaled residual (B, N, P)."""
         h = torch.cat((self.token_proj(tokens), self.in_proj(torch.cat((x, det), -1))), dim=1)  # (B, K+N, dim)
         h = h + self.time_mlp(timestep_embedding(t, self.dim).to(h.dtype))[:, None]
         rope = patch_rope_2d(grid, self.dim // self.num_heads, theta=self.rope_theta, device=x.device)
         for block in self.blocks:
             h = block(h, rope)  # the K token entries stay unrotated (leading positions)
         return self.out(h[:, tokens.shape[1] :])
+
+    def velocity(
+        self, x: torch.Tensor, t: torch.Tensor, det: torch.Tensor, tokens: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """The flow's velocity at (x (B, N, P), t (B,)): from x_t = (1 - t) noise + t r, the predicted
+        clean r gives v = (r - x_t) / (1 - t)."""
+        remaining = (1 - t).clamp_min(self.min_remaining_time)[:, None, None]
+        return (self.predict_clean(x, t, det, tokens, grid).float() - x.float()) / remaining
 
     def loss(
         self,
@@ -81,13 +107,13 @@ class PatchDenoiser(nn.Module):
     ) -> torch.Tensor:
         """Flow-matching loss: target, det patches (B, N, P), tokens (B, K, C) -> scalar.
 
-        x_t = (1 - t) noise + t r, t ~ U(0, 1); the network regresses the velocity r - noise."""
+        x_t = (1 - t) noise + t r, t logit-normal; the velocity implied by the predicted r regresses r - noise."""
         data = (target - det).float() / self.residual_scale
         noise = torch.randn(data.shape, generator=generator, device=data.device)
-        t = torch.rand(data.shape[0], generator=generator, device=data.device)
+        t = torch.sigmoid(self.time_mean + self.time_std * torch.randn(data.shape[0], generator=generator, device=data.device))
         x = (1 - t[:, None, None]) * noise + t[:, None, None] * data
         v = self.velocity(x, t, det, tokens, grid)
-        return F.mse_loss(v.float(), data - noise)
+        return F.mse_loss(v, data - noise)
 
     @torch.no_grad()
     def sample(
@@ -105,5 +131,5 @@ class PatchDenoiser(nn.Module):
         x = torch.randn(det.shape, generator=generator, device=det.device)
         for i in range(steps):
             t = torch.full((det.shape[0],), i / steps, device=det.device)
-            x = x + self.velocity(x, t, det, tokens, grid).float() / steps
+            x = x + self.velocity(x, t, det, tokens, grid) / steps
         return det + self.residual_scale * x.to(det.dtype)
