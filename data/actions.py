@@ -10,7 +10,7 @@ alone: a world model that uses the actions must beat one that does not.
 import numpy as np
 import torch
 
-from data.synthetic import render_scene, sample_scene
+from deltaworld.data.synthetic import render_scene, sample_scene
 
 
 def agent_path(rng: np.random.Generator, actions: np.ndarray, size: np.ndarray, half: float, max_step: float) -> np.ndarray:

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.shard_stream import ShardSource
-from data.shards import PackSettings, pack_shards
-from data.sources import VideoFolderSource
-from data.stream import ClipStream
-from data.synthetic import render_scene, sample_scene
-from data.video import torchcodec_available, write_video
+from deltaworld.data.shard_stream import ShardSource
+from deltaworld.data.shards import PackSettings, pack_shards
+from deltaworld.data.sources import VideoFolderSource
+from deltaworld.data.stream import ClipStream
+from deltaworld.data.synthetic import render_scene, sample_scene
+from deltaworld.data.video import torchcodec_available, write_video
 
 NUM_VIDEOS, SECONDS, FPS, HEIGHT, WIDTH = 16, 4, 25, 240, 320
 CLIP = dict(num_frames=8, height=224, width=224, augment=True)

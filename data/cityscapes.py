@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.frame_datasets import FrameClips, clip_numbers, read_label
-from data.labelled import IGNORE_INDEX
+from deltaworld.data.frame_datasets import FrameClips, clip_numbers, read_label
+from deltaworld.data.labelled import IGNORE_INDEX
 
 # official label id -> train id (cityscapesScripts' labels.py)
 TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.media import Media, MediaInfo, media_label, probe_media, read_media
-from data.synthetic import sample_gaps
-from data.video import VideoDecodeError
+from deltaworld.data.media import Media, MediaInfo, media_label, probe_media, read_media
+from deltaworld.data.synthetic import sample_gaps
+from deltaworld.data.video import VideoDecodeError
 
 
 class BadClipError(RuntimeError):

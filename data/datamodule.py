@@ -5,10 +5,10 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from data.shard_stream import ShardSource, ShardStream
-from data.sources import ClipSource
-from data.stream import TRAIN_STREAM, ClipStream, FixedClips
-from data.token_cache import (
+from deltaworld.data.shard_stream import ShardSource, ShardStream
+from deltaworld.data.sources import ClipSource
+from deltaworld.data.stream import TRAIN_STREAM, ClipStream, FixedClips
+from deltaworld.data.token_cache import (
     CachedClipStream,
     build_token_cache,
     decode_cached,

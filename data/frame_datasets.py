@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data.clips import resize_short_side
-from data.media import load_image
+from deltaworld.data.clips import resize_short_side
+from deltaworld.data.media import load_image
 
 SPLITS = ("train", "val")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.frame_datasets import FrameClips, clip_numbers, read_label
+from deltaworld.data.frame_datasets import FrameClips, clip_numbers, read_label
 
 KB_HEIGHT, KB_WIDTH = 352, 1216
 GARG = (0.40810811, 0.99189189, 0.03594771, 0.96405229)  # top, bottom, left, right (fractions)

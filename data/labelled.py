@@ -16,8 +16,8 @@ upsampled to it. Each dataset exposes `name`, `num_classes` (None without segmen
 
 from torch.utils.data import Dataset
 
-from data.sources import SyntheticSource
-from data.stream import EVAL_STREAM, TRAIN_STREAM, FixedClips
+from deltaworld.data.sources import SyntheticSource
+from deltaworld.data.stream import EVAL_STREAM, TRAIN_STREAM, FixedClips
 
 IGNORE_INDEX = 255
 SPLIT_STREAMS = {"train": TRAIN_STREAM, "val": EVAL_STREAM}

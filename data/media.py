@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from data.video import PTS_EPS, VideoDecodeError, VideoInput, decode_frames, probe_video
+from deltaworld.data.video import PTS_EPS, VideoDecodeError, VideoInput, decode_frames, probe_video
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 

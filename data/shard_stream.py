@@ -26,10 +26,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import tarfile_samples
 
-from data.clips import BadClipError, ClipSampler
-from data.media import VIDEO_EXTENSIONS, FrameSequence, Media, MediaInfo
-from data.shards import MANIFEST, read_manifest
-from data.video import VideoDecodeError
+from deltaworld.data.clips import BadClipError, ClipSampler
+from deltaworld.data.media import VIDEO_EXTENSIONS, FrameSequence, Media, MediaInfo
+from deltaworld.data.shards import MANIFEST, read_manifest
+from deltaworld.data.video import VideoDecodeError
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import webdataset as wds
 from PIL import Image
 from tqdm.auto import tqdm
 
-from data.clips import resize_short_side
-from data.media import (
+from deltaworld.data.clips import resize_short_side
+from deltaworld.data.media import (
     VIDEO_EXTENSIONS,
     FrameSequence,
     find_media,
@@ -38,7 +38,7 @@ from data.media import (
     probe_media,
     read_media,
 )
-from data.video import VideoDecodeError, iter_frames
+from deltaworld.data.video import VideoDecodeError, iter_frames
 
 log = logging.getLogger(__name__)
 

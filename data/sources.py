@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.clips import BadClipError, ClipSampler, resize_center_crop
-from data.frame_datasets import DatasetFileError
-from data.media import VIDEO_EXTENSIONS, MediaInfo, find_media, open_media, probe_media
-from data.synthetic import render_clip, sample_gaps
-from data.video import VideoDecodeError
+from deltaworld.data.clips import BadClipError, ClipSampler, resize_center_crop
+from deltaworld.data.frame_datasets import DatasetFileError
+from deltaworld.data.media import VIDEO_EXTENSIONS, MediaInfo, find_media, open_media, probe_media
+from deltaworld.data.synthetic import render_clip, sample_gaps
+from deltaworld.data.video import VideoDecodeError
 
 __all__ = [
     "BadClipError",

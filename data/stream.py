@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from data.sources import BadClipError, ClipSource
+from deltaworld.data.sources import BadClipError, ClipSource
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from data.shard_stream import tensors_of
-from data.shards import MANIFEST, read_manifest
-from data.stream import PositionedStream
+from deltaworld.data.shard_stream import tensors_of
+from deltaworld.data.shards import MANIFEST, read_manifest
+from deltaworld.data.stream import PositionedStream
 
 log = logging.getLogger(__name__)
 

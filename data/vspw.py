@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.frame_datasets import FrameClips, clip_numbers, read_label
-from data.labelled import IGNORE_INDEX
+from deltaworld.data.frame_datasets import FrameClips, clip_numbers, read_label
+from deltaworld.data.labelled import IGNORE_INDEX
 
 NUM_CLASSES = 124
 

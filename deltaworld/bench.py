@@ -2,9 +2,9 @@
 
 import sys
 
-from data.bench import bench_data
-from eval.bench import bench_tokenizer, bench_world
-from eval.bench_codec import bench_codec
+from deltaworld.data.bench import bench_data
+from deltaworld.eval.bench import bench_tokenizer, bench_world
+from deltaworld.eval.bench_codec import bench_codec
 
 BENCHMARKS = {"tokenizer": bench_tokenizer, "world": bench_world, "data": bench_data, "codec": bench_codec}
 

@@ -19,14 +19,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from data.sources import SyntheticSource, resize_center_crop
-from data.stream import EVAL_STREAM, draw_clip
-from data.video import decode_frames, probe_video, write_video
-from eval.codec import codec_records, evaluate_codec, psnr_over_time_figure, reconstruction_figure
-from eval.records import metrics_table, write_metrics
-from tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to_uint8, to_unit
-from tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame, token_budget
-from tokenizer.streaming import DecoderSession, EncoderSession
+from deltaworld.data.sources import SyntheticSource, resize_center_crop
+from deltaworld.data.stream import EVAL_STREAM, draw_clip
+from deltaworld.data.video import decode_frames, probe_video, write_video
+from deltaworld.eval.codec import codec_records, evaluate_codec, psnr_over_time_figure, reconstruction_figure
+from deltaworld.eval.records import metrics_table, write_metrics
+from deltaworld.tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to_uint8, to_unit
+from deltaworld.tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame, token_budget
+from deltaworld.tokenizer.streaming import DecoderSession, EncoderSession
 
 USAGE = __doc__.split("\n\n")[1]
 

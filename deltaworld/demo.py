@@ -13,12 +13,12 @@ from omegaconf import DictConfig, open_dict
 from deltaworld.evaluate import forecasting_methods, run_benchmark
 from deltaworld.heads import fit_heads, resolve_device
 from deltaworld.train import run_training
-from eval.figures import image_grid
-from eval.heads import build_heads
-from eval.pca import PCAProjection
-from eval.train_heads import train_heads
-from tokenizer.checkpoint import export_safetensors, load_tokenizer, read_metadata
-from worldmodel.checkpoint import load_world
+from deltaworld.eval.figures import image_grid
+from deltaworld.eval.heads import build_heads
+from deltaworld.eval.pca import PCAProjection
+from deltaworld.eval.train_heads import train_heads
+from deltaworld.tokenizer.checkpoint import export_safetensors, load_tokenizer, read_metadata
+from deltaworld.worldmodel.checkpoint import load_world
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def run_demo(cfg: DictConfig) -> Path:
     return report
 
 
-@hydra.main(config_path="pkg://conf", config_name="demo", version_base="1.3")
+@hydra.main(config_path="pkg://deltaworld.conf", config_name="demo", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_demo(cfg)
 

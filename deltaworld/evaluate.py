@@ -17,9 +17,9 @@ from torch.utils.data import Dataset
 
 from deltaworld.heads import resolve_device
 from deltaworld.sample import sample_and_describe
-from eval.crops import repeat_for_crops, square_crops
-from eval.figures import diversity_plot
-from eval.forecast import (
+from deltaworld.eval.crops import repeat_for_crops, square_crops
+from deltaworld.eval.figures import diversity_plot
+from deltaworld.eval.forecast import (
     batch_by_shape,
     evaluate_forecasts,
     forecast_figure,
@@ -27,17 +27,17 @@ from eval.forecast import (
     oracle,
     tokenizer_ceiling,
 )
-from eval.heads import load_heads
-from eval.records import Record
-from eval.report import write_report
-from tokenizer.backbone import Backbone
-from tokenizer.checkpoint import load_tokenizer, read_metadata
-from tokenizer.deltatok import DeltaTok
-from tokenizer.training import parameter_digest
-from worldmodel.checkpoint import load_world
-from worldmodel.deltaworld import DeltaWorld
-from worldmodel.sampling import Method, copy_last, world_forecaster
-from worldmodel.spaces import DeltaTokens, PatchTokens
+from deltaworld.eval.heads import load_heads
+from deltaworld.eval.records import Record
+from deltaworld.eval.report import write_report
+from deltaworld.tokenizer.backbone import Backbone
+from deltaworld.tokenizer.checkpoint import load_tokenizer, read_metadata
+from deltaworld.tokenizer.deltatok import DeltaTok
+from deltaworld.tokenizer.training import parameter_digest
+from deltaworld.worldmodel.checkpoint import load_world
+from deltaworld.worldmodel.deltaworld import DeltaWorld
+from deltaworld.worldmodel.sampling import Method, copy_last, world_forecaster
+from deltaworld.worldmodel.spaces import DeltaTokens, PatchTokens
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def run_eval(cfg: DictConfig) -> Path:
     return report
 
 
-@hydra.main(config_path="pkg://conf", config_name="eval", version_base="1.3")
+@hydra.main(config_path="pkg://deltaworld.conf", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_eval(cfg)
 

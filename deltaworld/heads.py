@@ -10,12 +10,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import Dataset
 
-from eval.heads import build_heads, save_heads
-from eval.records import Record, metrics_table
-from eval.train_heads import evaluate_heads, train_heads
-from tokenizer.backbone import Backbone
-from tokenizer.checkpoint import load_tokenizer, read_metadata
-from tokenizer.training import parameter_digest
+from deltaworld.eval.heads import build_heads, save_heads
+from deltaworld.eval.records import Record, metrics_table
+from deltaworld.eval.train_heads import evaluate_heads, train_heads
+from deltaworld.tokenizer.backbone import Backbone
+from deltaworld.tokenizer.checkpoint import load_tokenizer, read_metadata
+from deltaworld.tokenizer.training import parameter_digest
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def run_heads(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(config_path="pkg://conf", config_name="heads", version_base="1.3")
+@hydra.main(config_path="pkg://deltaworld.conf", config_name="heads", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_heads(cfg)
 

@@ -22,14 +22,14 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from eval.heads import save_heads
-from eval.official_heads import REFERENCE_HEADS, head_dataset, heads_from_official
-from tokenizer.checkpoint import export_safetensors, load_weights
-from tokenizer.module import TokenizerModule
-from tokenizer.official import FROZEN_BACKBONE, deltatok_dims, match_state_dict
-from tokenizer.training import parameter_digest
-from worldmodel.checkpoint import export_world
-from worldmodel.official import is_deterministic, load_official_world
+from deltaworld.eval.heads import save_heads
+from deltaworld.eval.official_heads import REFERENCE_HEADS, head_dataset, heads_from_official
+from deltaworld.tokenizer.checkpoint import export_safetensors, load_weights
+from deltaworld.tokenizer.module import TokenizerModule
+from deltaworld.tokenizer.official import FROZEN_BACKBONE, deltatok_dims, match_state_dict
+from deltaworld.tokenizer.training import parameter_digest
+from deltaworld.worldmodel.checkpoint import export_world
+from deltaworld.worldmodel.official import is_deterministic, load_official_world
 
 log = logging.getLogger(__name__)
 FILE_ARGS = ("tokenizer", "world", "heads", "out")
@@ -44,7 +44,7 @@ def overrides_used(overrides: Sequence[str]) -> list[str]:
 def reference_architecture(overrides: Sequence[str]) -> dict:
     """frame_size, backbone, tokenizer and world config of `experiment=reference` (or the experiment
     the overrides name), resolved, with a local backbone checkpoint made absolute."""
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides_used(overrides))
     arch = {"frame_size": cfg.frame_size}
     arch.update({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "tokenizer", "world")})

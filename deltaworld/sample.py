@@ -15,16 +15,16 @@ import torch
 from omegaconf import DictConfig
 from safetensors.torch import save_file
 
-from data.sources import resize_center_crop
-from data.synthetic import render_clip
-from data.video import decode_frames, probe_video
-from eval.diversity import diversity_stats
-from eval.figures import hypothesis_grid
-from tokenizer.backbone import Backbone
-from worldmodel.checkpoint import load_world
-from worldmodel.deltaworld import DeltaWorld
-from worldmodel.sampling import sample_futures
-from worldmodel.spaces import DeltaTokens, PatchTokens
+from deltaworld.data.sources import resize_center_crop
+from deltaworld.data.synthetic import render_clip
+from deltaworld.data.video import decode_frames, probe_video
+from deltaworld.eval.diversity import diversity_stats
+from deltaworld.eval.figures import hypothesis_grid
+from deltaworld.tokenizer.backbone import Backbone
+from deltaworld.worldmodel.checkpoint import load_world
+from deltaworld.worldmodel.deltaworld import DeltaWorld
+from deltaworld.worldmodel.sampling import sample_futures
+from deltaworld.worldmodel.spaces import DeltaTokens, PatchTokens
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def run_sample(cfg: DictConfig) -> Path:
     return out_dir
 
 
-@hydra.main(config_path="pkg://conf", config_name="sample", version_base="1.3")
+@hydra.main(config_path="pkg://deltaworld.conf", config_name="sample", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_sample(cfg)
 

@@ -5,10 +5,10 @@ import json
 import hydra
 from omegaconf import DictConfig
 
-from data.shards import PackSettings, pack_shards
+from deltaworld.data.shards import PackSettings, pack_shards
 
 
-@hydra.main(config_path="pkg://conf", config_name="shards", version_base="1.3")
+@hydra.main(config_path="pkg://deltaworld.conf", config_name="shards", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     settings = PackSettings(
         format=cfg.format, samples_per_shard=cfg.samples_per_shard, min_frames=cfg.min_frames,

@@ -8,7 +8,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tokenizer.checkpoint import AtomicCheckpointIO, export_safetensors
+from deltaworld.tokenizer.checkpoint import AtomicCheckpointIO, export_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def run_training(cfg: DictConfig) -> Path:
     return export
 
 
-@hydra.main(config_path="pkg://conf", config_name="train", version_base="1.3")
+@hydra.main(config_path="pkg://deltaworld.conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     run_training(cfg)
 

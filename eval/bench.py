@@ -48,9 +48,9 @@ def in_fresh_process(fn: Callable, *args) -> Timing:
 
 def tokenizer_train_step(setting: dict, precision: str) -> Timing:
     """One DeltaTok optimizer step on random frames at `setting` (backbone + tokenizer sizes)."""
-    from tokenizer.backbone import build_backbone
-    from tokenizer.deltatok import DeltaTok
-    from tokenizer.losses import log_cosh
+    from deltaworld.tokenizer.backbone import build_backbone
+    from deltaworld.tokenizer.deltatok import DeltaTok
+    from deltaworld.tokenizer.losses import log_cosh
 
     torch.set_num_threads(setting.get("threads", torch.get_num_threads()))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,9 +114,9 @@ WORLD_SETTING = {  # CPU-sized: the paper's ViT-B predictor is too slow for 2 co
 
 
 def _tiny_world_stack(setting: dict):
-    from tokenizer.backbone import build_backbone
-    from tokenizer.deltatok import DeltaTok
-    from worldmodel.deltaworld import DeltaWorld
+    from deltaworld.tokenizer.backbone import build_backbone
+    from deltaworld.tokenizer.deltatok import DeltaTok
+    from deltaworld.worldmodel.deltaworld import DeltaWorld
 
     torch.set_num_threads(setting["threads"])
     with warnings.catch_warnings():
@@ -130,7 +130,7 @@ def _tiny_world_stack(setting: dict):
 def world_train_step(setting: dict, num_hypotheses: int, cached: bool) -> Timing:
     """One best-of-N optimizer step over clips of T frames; tokens precomputed (a token cache) or
     computed from frames by the frozen backbone + DeltaTok."""
-    from tokenizer.losses import feature_loss
+    from deltaworld.tokenizer.losses import feature_loss
 
     backbone, deltatok, world = _tiny_world_stack(setting)
     b, t, size = setting["batch"], setting["frames"], setting["size"]
@@ -173,7 +173,7 @@ def flops_per_predicted_frame(*, dim: int, depth: int, num_heads: int, feature_d
     """Forward FLOPs to predict one frame (one hypothesis) after `context` frames, K tokens per frame."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from worldmodel.deltaworld import DeltaWorld
+    from deltaworld.worldmodel.deltaworld import DeltaWorld
 
     k = tokens_per_frame
     world = DeltaWorld(token_dim=feature_dim, tokens_per_frame=k, dim=dim, depth=depth, num_heads=num_heads, rope_dim=dim // num_heads - 4)

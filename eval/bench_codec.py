@@ -8,9 +8,9 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from tokenizer.pixel import frame_token_counts
-from tokenizer.pixel_metrics import token_budget
-from tokenizer.streaming import DecoderSession, EncoderSession
+from deltaworld.tokenizer.pixel import frame_token_counts
+from deltaworld.tokenizer.pixel_metrics import token_budget
+from deltaworld.tokenizer.streaming import DecoderSession, EncoderSession
 
 
 def frames_per_second(push, inputs: list[torch.Tensor]) -> float:
@@ -30,7 +30,7 @@ def budget_line(name: str, tok: dict, *, height: int, width: int, fps: float, se
 
 
 def bench_codec(frames: int = 16, threads: int | None = None) -> list[str]:
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         cpu = compose(config_name="train", overrides=["experiment=pixel_cpu", "run_dir=."])
         seed = compose(config_name="train", overrides=["experiment=pixel_seed", "run_dir=.", "data.root=."])
     if threads:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from eval.figures import image_grid, plt, save_figure  # figures selects the headless backend
-from eval.records import Record
-from tokenizer.pixel import PixelDeltaToken, to_uint8, to_unit
-from tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame
+from deltaworld.eval.figures import image_grid, plt, save_figure  # figures selects the headless backend
+from deltaworld.eval.records import Record
+from deltaworld.tokenizer.pixel import PixelDeltaToken, to_uint8, to_unit
+from deltaworld.tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame
 
 
 @dataclass

@@ -57,7 +57,7 @@ def hypothesis_grid(
     frames uint8 (T, 3, H, W) (context, then the true future when known); context_feats (Tc, N, D);
     hypotheses (M, Hf, N, D); future_feats (Hf, N, D) adds a ground-truth row.
     """
-    from eval.pca import PCAProjection
+    from deltaworld.eval.pca import PCAProjection
 
     tc = context_feats.shape[0]
     known = [context_feats] + ([future_feats] if future_feats is not None else [])

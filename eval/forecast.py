@@ -11,22 +11,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from data.labelled import IGNORE_INDEX
-from eval.crops import (
+from deltaworld.data.labelled import IGNORE_INDEX
+from deltaworld.eval.crops import (
     CropLayout,
     crops_to_label_halves,
     repeat_for_crops,
     split_labels,
     square_crops,
 )
-from eval.figures import colorize_depth, colorize_segmentation, image_grid
-from eval.heads import apply_head
-from eval.metrics import DenseMetrics
-from eval.pca import PCAProjection
-from eval.records import MeanAccumulator, Record
-from tokenizer.backbone import Backbone
-from tokenizer.deltatok import DeltaTok
-from worldmodel.sampling import ForecastCase, Method, forecast_cases
+from deltaworld.eval.figures import colorize_depth, colorize_segmentation, image_grid
+from deltaworld.eval.heads import apply_head
+from deltaworld.eval.metrics import DenseMetrics
+from deltaworld.eval.pca import PCAProjection
+from deltaworld.eval.records import MeanAccumulator, Record
+from deltaworld.tokenizer.backbone import Backbone
+from deltaworld.tokenizer.deltatok import DeltaTok
+from deltaworld.worldmodel.sampling import ForecastCase, Method, forecast_cases
 
 # what an unlabelled pixel of each task holds, and what pads a label half
 LABEL_FILL = {"segmentation": IGNORE_INDEX, "depth": 0.0}

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from tokenizer.checkpoint import export_safetensors, load_weights, read_metadata
+from deltaworld.tokenizer.checkpoint import export_safetensors, load_weights, read_metadata
 
 
 class SegHead(nn.Module):

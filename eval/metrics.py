@@ -9,8 +9,8 @@ import torch
 from torchmetrics import MeanSquaredError
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from data.labelled import IGNORE_INDEX
-from eval.records import Record
+from deltaworld.data.labelled import IGNORE_INDEX
+from deltaworld.eval.records import Record
 
 
 def miou_metric(num_classes: int) -> MulticlassJaccardIndex:

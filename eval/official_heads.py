@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from eval.heads import build_heads
-from tokenizer.official import match_state_dict
+from deltaworld.eval.heads import build_heads
+from deltaworld.tokenizer.official import match_state_dict
 
 # what the reference builds for each evaluation set (training/base.py, datasets/kitti.py)
 REFERENCE_HEADS = {

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from eval.records import Record, metrics_table, write_metrics
+from deltaworld.eval.records import Record, metrics_table, write_metrics
 
 
 def write_report(

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from data.labelled import IGNORE_INDEX
-from eval.forecast import crop_batch, head_maps, labelled_batches, score_heads
-from eval.metrics import DenseMetrics, valid_depth
-from eval.records import Record
-from tokenizer.backbone import Backbone
+from deltaworld.data.labelled import IGNORE_INDEX
+from deltaworld.eval.forecast import crop_batch, head_maps, labelled_batches, score_heads
+from deltaworld.eval.metrics import DenseMetrics, valid_depth
+from deltaworld.eval.records import Record
+from deltaworld.tokenizer.backbone import Backbone
 
 
 def head_losses(heads: nn.ModuleDict, feats: torch.Tensor, grid: tuple[int, int], labels: dict, layout) -> dict[str, torch.Tensor]:

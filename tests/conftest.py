@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.sources import SyntheticSource
-from tokenizer.backbone import build_backbone
-from tokenizer.deltatok import DeltaTok
+from deltaworld.data.sources import SyntheticSource
+from deltaworld.tokenizer.backbone import build_backbone
+from deltaworld.tokenizer.deltatok import DeltaTok
 
 # OMP_NUM_THREADS wins: on a loaded machine two spinning threads make tiny ops many times slower
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
@@ -44,5 +44,5 @@ def compose_train(overrides: list[str], tmp_path, config_name: str = "train"):
     """The `deltaworld train` config with a run directory under tmp_path."""
     from hydra import compose, initialize_config_module
 
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         return compose(config_name=config_name, overrides=[f"run_dir={tmp_path}", *overrides])

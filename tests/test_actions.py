@@ -4,15 +4,15 @@ rollouts that change with the actions, and a tiny model that learns to use them.
 import numpy as np
 import torch
 
-from data.actions import ActionSource
-from tokenizer.pixel import PixelDeltaToken, to_unit
-from worldmodel.actions import (
+from deltaworld.data.actions import ActionSource
+from deltaworld.tokenizer.pixel import PixelDeltaToken, to_unit
+from deltaworld.worldmodel.actions import (
     action_feedback,
     channel_weighted,
     sample_action_futures,
     with_actions,
 )
-from worldmodel.deltaworld import DeltaWorld
+from deltaworld.worldmodel.deltaworld import DeltaWorld
 
 
 def tiny_world(token_dim: int, k: int = 2) -> DeltaWorld:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data.cityscapes import Cityscapes
-from data.frame_datasets import DatasetFileError
-from data.kitti import KITTI
-from data.labelled import IGNORE_INDEX
-from data.vspw import VSPW
+from deltaworld.data.cityscapes import Cityscapes
+from deltaworld.data.frame_datasets import DatasetFileError
+from deltaworld.data.kitti import KITTI
+from deltaworld.data.labelled import IGNORE_INDEX
+from deltaworld.data.vspw import VSPW
 
 GREY0, GREY_STEP = 4, 6
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.sources import BadClipError, ClipSource, SyntheticSource, VideoFolderSource, sample_gaps
-from data.synthetic import Scene, render_clip, render_scene, sample_scene
-from data.video import VideoDecodeError, decode_frames, probe_video, write_video
+from deltaworld.data.sources import BadClipError, ClipSource, SyntheticSource, VideoFolderSource, sample_gaps
+from deltaworld.data.synthetic import Scene, render_clip, render_scene, sample_scene
+from deltaworld.data.video import VideoDecodeError, decode_frames, probe_video, write_video
 
 FPS = 10
 LEVEL0, STEP = 8, 12  # frame i is the constant grey LEVEL0 + STEP * i, so content names the frame

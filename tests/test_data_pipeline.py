@@ -14,17 +14,17 @@ from test_benchmarks_data import make_vspw
 from test_data import FPS, frame_index, grey_frames
 from test_shards import make_inputs
 
-from data.clips import (
+from deltaworld.data.clips import (
     BadClipError,
     ClipSampler,
     middle_clip_times,
     random_clip_times,
     random_crop_box,
 )
-from data.media import FrameSequence, read_media
-from data.sources import LabelledClipSource, MiddleClips, VideoFolderSource
-from data.stream import ClipStream
-from data.video import decode_frames, torchcodec_available, write_video
+from deltaworld.data.media import FrameSequence, read_media
+from deltaworld.data.sources import LabelledClipSource, MiddleClips, VideoFolderSource
+from deltaworld.data.stream import ClipStream
+from deltaworld.data.video import decode_frames, torchcodec_available, write_video
 from deltaworld.train import training_data
 
 VFR_TICKS = [0, 2, 9, 10, 21, 30, 31, 42]  # frame i of vfr.mkv is shown at VFR_TICKS[i] / 30 s

@@ -9,17 +9,17 @@ from test_training import FAST
 from test_world_training import WORLD_FAST
 
 from deltaworld.demo import run_demo
-from eval.heads import load_heads
-from eval.records import read_metrics
-from tokenizer.checkpoint import load_tokenizer, read_metadata
-from tokenizer.training import parameter_digest
+from deltaworld.eval.heads import load_heads
+from deltaworld.eval.records import read_metrics
+from deltaworld.tokenizer.checkpoint import load_tokenizer, read_metadata
+from deltaworld.tokenizer.training import parameter_digest
 
 
 @pytest.mark.parametrize(
     "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 )
 def test_demo_pretrains_the_stand_in_backbone_and_scores_every_method(tmp_path, device):
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         cfg = compose(
             config_name="demo",
             overrides=[

@@ -16,20 +16,20 @@ from test_world_training import WORLD_FAST
 from test_worldmodel import strengthen
 from torch.utils.data import Dataset
 
-from data.kitti import KITTI
-from data.labelled import SyntheticLabelled
-from data.vspw import VSPW
+from deltaworld.data.kitti import KITTI
+from deltaworld.data.labelled import SyntheticLabelled
+from deltaworld.data.vspw import VSPW
 from deltaworld.train import run_training
-from eval.crops import crops_to_label_halves, split_labels, square_crops
-from eval.forecast import evaluate_forecasts, forecast_figure, labelled_batches, oracle
-from eval.heads import DepthHead, build_heads, load_heads, save_heads
-from eval.metrics import DenseMetrics
-from eval.train_heads import evaluate_heads, train_heads
-from tokenizer.backbone import build_backbone
-from tokenizer.training import parameter_digest
-from worldmodel.deltaworld import DeltaWorld
-from worldmodel.sampling import ForecastCase, copy_last, sample_futures, world_forecaster
-from worldmodel.spaces import DeltaTokens
+from deltaworld.eval.crops import crops_to_label_halves, split_labels, square_crops
+from deltaworld.eval.forecast import evaluate_forecasts, forecast_figure, labelled_batches, oracle
+from deltaworld.eval.heads import DepthHead, build_heads, load_heads, save_heads
+from deltaworld.eval.metrics import DenseMetrics
+from deltaworld.eval.train_heads import evaluate_heads, train_heads
+from deltaworld.tokenizer.backbone import build_backbone
+from deltaworld.tokenizer.training import parameter_digest
+from deltaworld.worldmodel.deltaworld import DeltaWorld
+from deltaworld.worldmodel.sampling import ForecastCase, copy_last, sample_futures, world_forecaster
+from deltaworld.worldmodel.spaces import DeltaTokens
 
 
 def one_hot_logits(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -215,7 +215,7 @@ def test_heads_and_eval_commands_write_every_row_and_figure(tmp_path, world_ckpt
 
 def test_eval_refuses_heads_of_another_backbone_or_label_set(tmp_path, world_ckpt):
     from deltaworld.evaluate import check_heads
-    from tokenizer.checkpoint import load_tokenizer
+    from deltaworld.tokenizer.checkpoint import load_tokenizer
 
     backbone, _ = load_tokenizer(world_ckpt)
     dataset = SyntheticLabelled(num_clips=1, height=28, width=28)  # 4 classes and depth

@@ -11,12 +11,12 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 
 from deltaworld.import_official import import_official, main, parse_heads
-from eval.heads import apply_head, load_heads
-from tokenizer.backbone import build_backbone
-from tokenizer.checkpoint import load_tokenizer
-from tokenizer.official import hf_dinov3_to_timm
-from tokenizer.training import parameter_digest
-from worldmodel.checkpoint import load_world
+from deltaworld.eval.heads import apply_head, load_heads
+from deltaworld.tokenizer.backbone import build_backbone
+from deltaworld.tokenizer.checkpoint import load_tokenizer
+from deltaworld.tokenizer.official import hf_dinov3_to_timm
+from deltaworld.tokenizer.training import parameter_digest
+from deltaworld.worldmodel.checkpoint import load_world
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 ATOL = 1e-5
@@ -126,7 +126,7 @@ def test_deltaworld_sample_command_runs_on_the_import(imported, tmp_path):
 
     from deltaworld.sample import run_sample
 
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         cfg = compose("sample", overrides=[f"world_ckpt={imported / 'world.safetensors'}", f"out_dir={tmp_path}",
                                            "context=2", "horizon=2", "samples=2"])
     run_sample(cfg)

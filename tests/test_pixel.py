@@ -9,13 +9,13 @@ import torch
 from conftest import compose_train
 from hydra.utils import instantiate
 
-from data.sources import SyntheticSource
-from tokenizer.checkpoint import export_safetensors
-from tokenizer.deltatok import DeltaTok
-from tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to_unit
-from tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame, token_budget
-from tokenizer.pixel_module import PixelTokenizerModule
-from tokenizer.streaming import DecoderSession, EncoderSession
+from deltaworld.data.sources import SyntheticSource
+from deltaworld.tokenizer.checkpoint import export_safetensors
+from deltaworld.tokenizer.deltatok import DeltaTok
+from deltaworld.tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to_unit
+from deltaworld.tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame, token_budget
+from deltaworld.tokenizer.pixel_module import PixelTokenizerModule
+from deltaworld.tokenizer.streaming import DecoderSession, EncoderSession
 
 SIZE = 16  # 4x4 grid of 4x4 patches
 
@@ -199,13 +199,13 @@ def test_denoiser_gradients_do_not_shrink_the_codec_step():
 
 
 def test_codec_command_round_trip(tmp_path, capsys):
-    from data.video import write_video
+    from deltaworld.data.video import write_video
     from deltaworld import codec
 
     model = tiny_pixel(key_tokens=4)
     ckpt = export_safetensors(model, tmp_path / "tok.safetensors", metadata={
         "kind": "pixel_tokenizer", "frame_size": SIZE,
-        "tokenizer": {"_target_": "tokenizer.pixel.PixelDeltaToken", "patch_size": 4, "dim": 32, "num_heads": 2, "depth": 1,
+        "tokenizer": {"_target_": "deltaworld.tokenizer.pixel.PixelDeltaToken", "patch_size": 4, "dim": 32, "num_heads": 2, "depth": 1,
                       "num_tokens": 2, "token_dim": 8, "key_tokens": 4, "diffusion": {"dim": 32, "depth": 1, "num_heads": 2}},
     })
     write_video(tmp_path / "in.mp4", clip(5), fps=10)

@@ -15,9 +15,9 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 
 from deltaworld.import_official import reference_architecture
-from tokenizer.official import match_state_dict
-from tokenizer.rope import patch_rope_2d
-from worldmodel.official import load_official_world
+from deltaworld.tokenizer.official import match_state_dict
+from deltaworld.tokenizer.rope import patch_rope_2d
+from deltaworld.worldmodel.official import load_official_world
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 ATOL = 1e-5
@@ -146,7 +146,7 @@ def reference_world(arch):
 
 @torch.no_grad()
 def test_predictor_with_and_without_causal_mask(reference_world):
-    from worldmodel.predictor import causal_mask
+    from deltaworld.worldmodel.predictor import causal_mask
 
     world, ref = reference_world
     predictor = world.predictor
@@ -166,7 +166,7 @@ def test_predictor_with_and_without_causal_mask(reference_world):
 
 @torch.no_grad()
 def test_best_of_many_selection(reference_world):
-    from tokenizer.losses import feature_loss
+    from deltaworld.tokenizer.losses import feature_loss
 
     world, ref = reference_world
     noise = ref["bom.q_samples"]  # (B, T, S, dim)

@@ -15,12 +15,12 @@ from PIL import Image
 from test_data import FPS, frame_index, grey_frames
 from torch.utils.data import DataLoader
 
-from data.clips import ClipSampler
-from data.datamodule import ShardDataModule
-from data.shard_stream import ClipDecoder, ShardSource, ShardStream, slot_positions
-from data.shards import PackSettings, pack_shards
-from data.token_cache import StaleCacheError, decode_cached, read_token_cache, write_cache_shards
-from data.video import write_video
+from deltaworld.data.clips import ClipSampler
+from deltaworld.data.datamodule import ShardDataModule
+from deltaworld.data.shard_stream import ClipDecoder, ShardSource, ShardStream, slot_positions
+from deltaworld.data.shards import PackSettings, pack_shards
+from deltaworld.data.token_cache import StaleCacheError, decode_cached, read_token_cache, write_cache_shards
+from deltaworld.data.video import write_video
 
 SETTINGS = dict(samples_per_shard=2, min_frames=8, min_duration=0.5, frame_fps=FPS, short_side=None)
 
@@ -143,7 +143,7 @@ def test_training_stream_skips_bad_samples_eval_names_them(tmp_path, packed, cap
         meta = json.loads(good["json"])
         sink.write({"__key__": "broken", "mp4": b"\x00" * 300, "json": json.dumps({**meta, "source": "broken.mp4"})})
     sampler = ClipSampler(num_frames=4, height=32, width=32)
-    with caplog.at_level(logging.INFO, logger="data.shard_stream"):
+    with caplog.at_level(logging.INFO, logger="deltaworld.data.shard_stream"):
         clips = list(ShardStream(str(shard), ClipDecoder(sampler), infinite=True, shuffle=False, limit=3))
     assert len(clips) == 3
     assert "1 bad inputs skipped" in caplog.text and "broken.mp4" in caplog.text

@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 from conftest import FRAME, make_deltatok, synthetic_batch
 
-from tokenizer.attention import attention
-from tokenizer.backbone import BackboneCheckpointError, build_backbone
-from tokenizer.checkpoint import export_safetensors, load_weights
-from tokenizer.losses import feature_loss, log_cosh
-from tokenizer.module import TokenizerModule
-from tokenizer.rope import apply_rope, patch_rope_2d, time_rope
-from tokenizer.training import param_groups
+from deltaworld.tokenizer.attention import attention
+from deltaworld.tokenizer.backbone import BackboneCheckpointError, build_backbone
+from deltaworld.tokenizer.checkpoint import export_safetensors, load_weights
+from deltaworld.tokenizer.losses import feature_loss, log_cosh
+from deltaworld.tokenizer.module import TokenizerModule
+from deltaworld.tokenizer.rope import apply_rope, patch_rope_2d, time_rope
+from deltaworld.tokenizer.training import param_groups
 
 
 def test_backbone_shapes_and_dynamic_size(tiny_backbone):
@@ -137,7 +137,7 @@ def test_attention_matches_explicit_softmax():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_flash_and_sdpa_paths_agree_on_gpu():
-    from tokenizer import attention as attn_mod
+    from deltaworld.tokenizer import attention as attn_mod
 
     if attn_mod.flash_attn_func is None:
         pytest.skip("flash-attn not installed")
@@ -211,6 +211,6 @@ def test_export_and_reload_give_identical_outputs(tiny_deltatok, tmp_path):
 
 def make_deltatok_like(tok):
     torch.manual_seed(123)  # different init, so equality can only come from the loaded weights
-    from tokenizer.deltatok import DeltaTok
+    from deltaworld.tokenizer.deltatok import DeltaTok
 
     return DeltaTok(dim=tok.dim, num_heads=tok.num_heads, depth=len(tok.encoder_blocks))

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 from deltaworld.cli import main as cli_main
 from deltaworld.train import run_training
-from tokenizer.checkpoint import load_tokenizer
+from deltaworld.tokenizer.checkpoint import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny, fast, quiet: 2x2 patch grid, 3-frame clips
@@ -62,7 +62,7 @@ def test_every_preset_composes(tmp_path):
     effective = paper.data.batch_size * paper.trainer.accumulate_grad_batches * paper.trainer.devices
     assert effective == 1024 and paper.backbone.name == "vit_base_patch14_dinov2"
     assert paper.module.lr == 1e-3 and paper.trainer.gradient_clip_val == 1e-2
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         demo = compose(config_name="demo", overrides=["out_dir=/tmp/x", "run_dir=/tmp/x"])
         assert demo.backbone.arch.depth == 2  # the cpu_demo preset is applied
         dinov3 = compose(config_name="train", overrides=["backbone=dinov3_base", "run_dir=/tmp/x"])
@@ -71,7 +71,7 @@ def test_every_preset_composes(tmp_path):
 
 def test_submitit_launchers_compose():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_module(config_module="conf", version_base="1.3"):
+    with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         for launcher in ["submitit_slurm", "submitit_local", "slurm_gpu"]:
             cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}", "run_dir=/x"], return_hydra_config=True)
             assert "submitit" in cfg.hydra.launcher._target_.lower()

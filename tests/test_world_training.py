@@ -8,9 +8,9 @@ from conftest import compose_train, synthetic_batch
 from safetensors.torch import load_file
 from test_training import FAST, cli
 
-from data.token_cache import StaleCacheError, read_token_cache, write_token_cache
+from deltaworld.data.token_cache import StaleCacheError, read_token_cache, write_token_cache
 from deltaworld.train import run_training
-from worldmodel.checkpoint import load_world
+from deltaworld.worldmodel.checkpoint import load_world
 
 # 6-frame clips: context 2 + horizon up to 3 in validation
 WORLD_FAST = [

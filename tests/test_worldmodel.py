@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from tokenizer.blocks import LayerScale
-from tokenizer.losses import feature_loss
-from worldmodel.deltaworld import DeltaWorld
-from worldmodel.predictor import Predictor, causal_mask
+from deltaworld.tokenizer.blocks import LayerScale
+from deltaworld.tokenizer.losses import feature_loss
+from deltaworld.worldmodel.deltaworld import DeltaWorld
+from deltaworld.worldmodel.predictor import Predictor, causal_mask
 
 SMOOTH_L1 = feature_loss("smooth_l1", beta=0.1)
 
@@ -201,7 +201,7 @@ def test_tiny_world_model_overfits_and_beats_copy_last():
 
 
 def test_diversity_statistics_on_hand_made_hypotheses():
-    from eval.diversity import diversity_stats
+    from deltaworld.eval.diversity import diversity_stats
 
     truth = torch.zeros(1, 2, 3, 4)  # (B, H, N, D)
     hyps = torch.stack([torch.zeros(2, 3, 4), torch.ones(2, 3, 4), 3 * torch.ones(2, 3, 4)])[None]  # (1, M=3, H, N, D)

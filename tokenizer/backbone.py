@@ -11,8 +11,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from tokenizer.checkpoint import checkpoint_keys, load_weights
-from tokenizer.official import hf_dinov3_to_timm, hf_prefix
+from deltaworld.tokenizer.checkpoint import checkpoint_keys, load_weights
+from deltaworld.tokenizer.official import hf_dinov3_to_timm, hf_prefix
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from tokenizer.attention import attention
-from tokenizer.rope import apply_rope
+from deltaworld.tokenizer.attention import attention
+from deltaworld.tokenizer.rope import apply_rope
 
 
 class LayerScale(nn.Module):

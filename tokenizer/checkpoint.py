@@ -3,30 +3,57 @@
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
-    truncated checkpoint behind, and a reader sees either the old file or the new one."""
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside `path` for writing; on success it is flushed, fsynced and
+    renamed over `path`, so a reader (or a crash) sees the old file or the new one, never a
+    truncated one. On an error the temporary file is removed and `path` is left as it was.
+    Every writer of the framework (checkpoints, exports, shards, caches, manifests) goes through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write` for a text file (configs, JSON, manifests, reports)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """`atomic_write` for a safetensors file (metadata values are strings, as the format requires)."""
+    payload = save_safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    with atomic_write(path) as f:
+        f.write(payload)
+    return Path(path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`atomic_write` for `torch.save` (Lightning checkpoints)."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -41,14 +68,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def export_safetensors(module: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
     """Save a module's state dict as safetensors (atomically); `metadata` is stored as JSON strings."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return path
+    return atomic_save_safetensors(module.state_dict(), path, meta)
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -13,8 +13,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from tokenizer.blocks import Block, init_linear_weights
-from tokenizer.rope import patch_rope_2d
+from deltaworld.tokenizer.blocks import Block, init_linear_weights
+from deltaworld.tokenizer.rope import patch_rope_2d
 
 
 class DeltaTok(nn.Module):

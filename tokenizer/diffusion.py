@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.blocks import Block, init_linear_weights
-from tokenizer.rope import patch_rope_2d
+from deltaworld.tokenizer.blocks import Block, init_linear_weights
+from deltaworld.tokenizer.rope import patch_rope_2d
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 1000.0) -> torch.Tensor:

@@ -8,11 +8,11 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from tokenizer.backbone import Backbone
-from tokenizer.blocks import Block
-from tokenizer.deltatok import DeltaTok
-from tokenizer.losses import feature_loss
-from tokenizer.training import compile_blocks, configure_adamw, step_generator
+from deltaworld.tokenizer.backbone import Backbone
+from deltaworld.tokenizer.blocks import Block
+from deltaworld.tokenizer.deltatok import DeltaTok
+from deltaworld.tokenizer.losses import feature_loss
+from deltaworld.tokenizer.training import compile_blocks, configure_adamw, step_generator
 
 
 def to_plain(obj):

@@ -19,9 +19,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from tokenizer.deltatok import DeltaTok
-from tokenizer.diffusion import PatchDenoiser
-from tokenizer.rope import patch_rope_2d
+from deltaworld.tokenizer.deltatok import DeltaTok
+from deltaworld.tokenizer.diffusion import PatchDenoiser
+from deltaworld.tokenizer.rope import patch_rope_2d
 
 
 def to_unit(frames: torch.Tensor) -> torch.Tensor:
@@ -264,7 +264,7 @@ def load_pixel_tokenizer(path: str | os.PathLike, device: torch.device | str = "
     from hydra.utils import instantiate
     from safetensors.torch import load_file
 
-    from tokenizer.checkpoint import read_metadata, strip_prefix
+    from deltaworld.tokenizer.checkpoint import read_metadata, strip_prefix
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pixel tokenizer checkpoint not found: {path}")

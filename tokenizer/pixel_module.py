@@ -5,12 +5,12 @@ from collections.abc import Sequence
 
 import torch
 
-from tokenizer.blocks import Block
-from tokenizer.losses import feature_loss
-from tokenizer.module import FrozenBackboneModule
-from tokenizer.pixel import PixelDeltaToken, to_unit
-from tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame
-from tokenizer.training import compile_blocks, configure_adamw, step_generator
+from deltaworld.tokenizer.blocks import Block
+from deltaworld.tokenizer.losses import feature_loss
+from deltaworld.tokenizer.module import FrozenBackboneModule
+from deltaworld.tokenizer.pixel import PixelDeltaToken, to_unit
+from deltaworld.tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame
+from deltaworld.tokenizer.training import compile_blocks, configure_adamw, step_generator
 
 
 class PixelTokenizerModule(FrozenBackboneModule):

@@ -9,7 +9,7 @@ path, so streaming output equals `encode_video` / `decode_video` exactly.
 
 import torch
 
-from tokenizer.pixel import PixelDeltaToken, to_unit
+from deltaworld.tokenizer.pixel import PixelDeltaToken, to_unit
 
 
 class EncoderSession:

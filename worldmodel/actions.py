@@ -13,13 +13,13 @@ import torch
 from einops import repeat
 from torch import nn
 
-from tokenizer.losses import feature_loss
-from tokenizer.module import FrozenBackboneModule
-from tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to_unit
-from tokenizer.pixel_metrics import psnr_per_frame
-from tokenizer.training import compile_blocks, configure_adamw, step_generator
-from worldmodel.deltaworld import DeltaWorld, LossFn
-from worldmodel.predictor import PredictorBlock
+from deltaworld.tokenizer.losses import feature_loss
+from deltaworld.tokenizer.module import FrozenBackboneModule
+from deltaworld.tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to_unit
+from deltaworld.tokenizer.pixel_metrics import psnr_per_frame
+from deltaworld.tokenizer.training import compile_blocks, configure_adamw, step_generator
+from deltaworld.worldmodel.deltaworld import DeltaWorld, LossFn
+from deltaworld.worldmodel.predictor import PredictorBlock
 
 
 def with_actions(tokens: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -9,11 +9,11 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file
 from torch import nn
 
-from tokenizer.backbone import Backbone
-from tokenizer.checkpoint import export_safetensors, load_tokenizer, read_metadata, strip_prefix
-from tokenizer.deltatok import DeltaTok
-from worldmodel.deltaworld import DeltaWorld
-from worldmodel.spaces import DeltaTokens, PatchTokens, build_space
+from deltaworld.tokenizer.backbone import Backbone
+from deltaworld.tokenizer.checkpoint import export_safetensors, load_tokenizer, read_metadata, strip_prefix
+from deltaworld.tokenizer.deltatok import DeltaTok
+from deltaworld.worldmodel.deltaworld import DeltaWorld
+from deltaworld.worldmodel.spaces import DeltaTokens, PatchTokens, build_space
 
 
 def build_world(

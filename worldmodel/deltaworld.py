@@ -12,7 +12,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from worldmodel.predictor import KVCache, Predictor, causal_mask
+from deltaworld.worldmodel.predictor import KVCache, Predictor, causal_mask
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # elementwise
 

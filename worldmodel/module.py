@@ -5,15 +5,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from tokenizer.checkpoint import load_tokenizer, read_metadata
-from tokenizer.losses import feature_loss
-from tokenizer.module import FrozenBackboneModule
-from tokenizer.training import compile_blocks, configure_adamw, parameter_digest, step_generator
-from worldmodel.checkpoint import build_world, world_export, world_export_metadata
-from worldmodel.deltaworld import DeltaWorld
-from worldmodel.predictor import PredictorBlock
-from worldmodel.sampling import copy_last, forecast_cases, world_forecaster
-from worldmodel.spaces import build_space
+from deltaworld.tokenizer.checkpoint import load_tokenizer, read_metadata
+from deltaworld.tokenizer.losses import feature_loss
+from deltaworld.tokenizer.module import FrozenBackboneModule
+from deltaworld.tokenizer.training import compile_blocks, configure_adamw, parameter_digest, step_generator
+from deltaworld.worldmodel.checkpoint import build_world, world_export, world_export_metadata
+from deltaworld.worldmodel.deltaworld import DeltaWorld
+from deltaworld.worldmodel.predictor import PredictorBlock
+from deltaworld.worldmodel.sampling import copy_last, forecast_cases, world_forecaster
+from deltaworld.worldmodel.spaces import build_space
 
 
 class WorldModule(FrozenBackboneModule):

@@ -3,8 +3,8 @@ was trained without best-of-many), the names `worldmodel/predictor.py` uses, so 
 
 import torch
 
-from tokenizer.official import match_state_dict
-from worldmodel.deltaworld import DeltaWorld
+from deltaworld.tokenizer.official import match_state_dict
+from deltaworld.worldmodel.deltaworld import DeltaWorld
 
 # frozen modules a full reference state dict also holds (the released file omits them)
 FROZEN_PREFIXES = ("backbone.", "tokenizer.")

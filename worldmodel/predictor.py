@@ -9,9 +9,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from tokenizer.attention import attention
-from tokenizer.blocks import GeluMlp, LayerScale, init_linear_weights
-from tokenizer.rope import apply_rope, time_rope
+from deltaworld.tokenizer.attention import attention
+from deltaworld.tokenizer.blocks import GeluMlp, LayerScale, init_linear_weights
+from deltaworld.tokenizer.rope import apply_rope, time_rope
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per block: k, v (B, H, L, d), k already rotated
 

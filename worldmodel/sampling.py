@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from einops import repeat
 
-from worldmodel.deltaworld import DeltaWorld
-from worldmodel.spaces import DeltaTokens, PatchTokens
+from deltaworld.worldmodel.deltaworld import DeltaWorld
+from deltaworld.worldmodel.spaces import DeltaTokens, PatchTokens
 
 
 @dataclass

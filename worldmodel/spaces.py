@@ -7,7 +7,7 @@ frame) and for the patch-token baseline (K = N patch tokens per frame, the "1,02
 
 import torch
 
-from tokenizer.deltatok import DeltaTok
+from deltaworld.tokenizer.deltatok import DeltaTok
 
 
 class DeltaTokens:
