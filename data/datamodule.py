@@ -1,13 +1,15 @@
 """LightningDataModules serving clips from a clip source or from video shards, or their cached tokens."""
 
+import logging
 from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from deltaworld.data.bad_inputs import BAD_INPUTS_FILE, read_bad_inputs
 from deltaworld.data.shard_stream import ShardSource, ShardStream
 from deltaworld.data.sources import ClipSource
-from deltaworld.data.stream import TRAIN_STREAM, ClipStream, FixedClips
+from deltaworld.data.stream import TRAIN_STREAM, ClipStream, FixedClips, SkipBadItems
 from deltaworld.data.token_cache import (
     CachedClipStream,
     build_token_cache,
@@ -15,6 +17,8 @@ from deltaworld.data.token_cache import (
     describe_source,
     read_token_cache,
 )
+
+log = logging.getLogger(__name__)
 
 
 class ClipDataModule(L.LightningDataModule):
@@ -51,9 +55,19 @@ class ClipDataModule(L.LightningDataModule):
         self.val_set = val_set  # a fixed evaluation set replacing clips drawn from val_source
         self.cached = None  # the cache's tensors once set up
 
+    @property
+    def bad_inputs(self) -> str | None:
+        """The run folder's list of skipped inputs (`bad_inputs.jsonl`), when run by a trainer."""
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else str(Path(trainer.default_root_dir) / BAD_INPUTS_FILE)
+
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.token_cache and self.cached is None:
             self.cached = self._load_or_build_cache()
+
+    def teardown(self, stage: str) -> None:
+        if self.bad_inputs and (skipped := read_bad_inputs(Path(self.bad_inputs).parent)):
+            log.warning("%d bad inputs were skipped in this run; the list: %s", len(skipped), self.bad_inputs)
 
     def _load_or_build_cache(self) -> dict:
         cfg, trainer = self.token_cache, self.trainer
@@ -101,19 +115,20 @@ class ClipDataModule(L.LightningDataModule):
 
     def train_stream(self, position: dict) -> IterableDataset:
         if isinstance(self.cached, list):  # a shard cache: streamed, resumes on a fresh stream
-            return ShardStream(self.cached, decode_cached, seed=self.seed, start=position["start_batch"],
+            return ShardStream(self.cached, decode_cached, seed=self.seed, start=position["start_batch"], bad_inputs=self.bad_inputs,
                                rank=position["rank"], world_size=position["world_size"])
         if self.cached is not None:
             return CachedClipStream(self.cached, **position)
-        return ClipStream(self.source, **position)
+        return ClipStream(self.source, bad_inputs=self.bad_inputs, **position)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_set(), self.val_batch_size)
 
-    def eval_set(self) -> Dataset:
+    def eval_set(self) -> Dataset | IterableDataset:
+        """Validation clips; a bad input among them is skipped and recorded, as in training."""
         if self.val_set is not None:
-            return self.val_set
-        return FixedClips(self.val_source, num_clips=self.val_clips, seed=self.seed)
+            return SkipBadItems(self.val_set, bad_inputs=self.bad_inputs)
+        return FixedClips(self.val_source, num_clips=self.val_clips, seed=self.seed, bad_inputs=self.bad_inputs)
 
 
 class ShardDataModule(ClipDataModule):
@@ -134,10 +149,12 @@ class ShardDataModule(ClipDataModule):
     def train_stream(self, position: dict) -> IterableDataset:
         if self.cached is not None:
             return super().train_stream(position)
-        return self.source.stream(seed=self.seed, start=position["start_batch"])
+        return self.source.stream(seed=self.seed, start=position["start_batch"], bad_inputs=self.bad_inputs)
 
     def eval_set(self) -> IterableDataset:
-        return self.val_source.stream(seed=self.seed, eval=True, limit=self.val_clips)
+        return self.val_source.stream(
+            seed=self.seed, eval=True, limit=self.val_clips, skip_bad=True, bad_inputs=self.bad_inputs
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.eval_set(), batch_size=self.val_batch_size, num_workers=0)

@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import tarfile_samples
 
+from deltaworld.data.bad_inputs import BadInputs
 from deltaworld.data.clips import BadClipError, ClipSampler
 from deltaworld.data.media import VIDEO_EXTENSIONS, FrameSequence, Media, MediaInfo
 from deltaworld.data.shards import MANIFEST, read_manifest
@@ -71,9 +72,10 @@ def reader_slot(rank: int, world_size: int) -> tuple[int, int, int]:
 
 class ShardStream(IterableDataset):
     """Decoded samples of shards. `decode(sample, rng)` turns a raw webdataset sample (its files as
-    bytes, plus "__key__" and "__url__") into an item; in training (`infinite`) a sample it rejects
-    (BadClipError, VideoDecodeError) is skipped and counted, with a summary per epoch; in evaluation
-    the error propagates, naming the shard, the sample and its source file."""
+    bytes, plus "__key__" and "__url__") into an item. With `skip_bad` (default: in training, i.e.
+    `infinite`) a sample it rejects (BadClipError, VideoDecodeError) and the rest of a shard that
+    cannot be read on (truncated, corrupt) are skipped, counted and listed in `bad_inputs`, with a
+    summary per epoch; otherwise the error propagates, naming the shard, the sample and its source."""
 
     def __init__(
         self,
@@ -88,8 +90,13 @@ class ShardStream(IterableDataset):
         limit: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        skip_bad: bool | None = None,
+        bad_inputs: str | None = None,
     ) -> None:
         self.urls = resolve_urls(urls)
+        # training (and validation inside a training run) skips bad inputs; evaluation stops at one
+        self.skip_bad = infinite if skip_bad is None else skip_bad
+        self.bad_inputs = bad_inputs  # the run folder's list of skipped inputs
         self.decode, self.seed, self.infinite = decode, seed, infinite
         self.shuffle = infinite if shuffle is None else shuffle
         self.shuffle_buffer = shuffle_buffer if self.shuffle else 0
@@ -100,11 +107,34 @@ class ShardStream(IterableDataset):
             rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         self.rank, self.world_size = rank, world_size
 
-    def _raw(self, slot: int, slots: int) -> Iterator[tuple[int, dict]]:
+    @property
+    def stage(self) -> str:
+        return "train" if self.infinite else "validation"
+
+    def _raw(self, slot: int, slots: int, bad: BadInputs) -> Iterator[tuple[int, dict]]:
         positions = slot_positions(len(self.urls), slot, slots, seed=self.seed, shuffle=self.shuffle, infinite=self.infinite)
         for epoch, shard in positions:
-            for sample in tarfile_samples([{"url": self.urls[shard]}]):
+            url = self.urls[shard]
+            for sample in tarfile_samples([{"url": url}], handler=self._shard_error_handler(url, bad)):
                 yield epoch, sample
+
+    def _shard_error_handler(self, url: str, bad: BadInputs) -> Callable[[Exception], bool]:
+        """What webdataset calls when a shard cannot be opened or read on (truncated, corrupt): in
+        training the rest of the shard is skipped and recorded; in evaluation an error names it."""
+
+        reported = False
+
+        def handle(error: Exception) -> bool:
+            nonlocal reported
+            reason = f"{url}: unreadable shard, rest skipped ({type(error).__name__}: {error.args[0] if error.args else ''})"
+            if not self.skip_bad:
+                raise BadClipError(reason) from error
+            if not reported:  # webdataset reports one failure at each level of its reader
+                bad.record(self.stage, BadClipError(reason))
+                reported = True
+            return True
+
+        return handle
 
     def _buffered(self, samples: Iterator[tuple[int, dict]], rng: random.Random) -> Iterator[tuple[int, dict]]:
         """Reservoir-style shuffle: each new sample swaps with a random one of the buffer."""
@@ -122,7 +152,8 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         slot, slots, worker = reader_slot(self.rank, self.world_size)
         rng = np.random.default_rng([self.seed, self.start, slot, slots])
-        samples = self._raw(slot, slots)
+        bad_inputs = BadInputs(self.bad_inputs)
+        samples = self._raw(slot, slots, bad_inputs)
         if self.shuffle_buffer > 1:
             samples = self._buffered(samples, random.Random(int(rng.integers(2**63))))
         epoch, good, bad, total = None, 0, [], 0
@@ -133,10 +164,10 @@ class ShardStream(IterableDataset):
             try:
                 item = self.decode(sample, rng)
             except (BadClipError, VideoDecodeError) as e:
-                if not self.infinite:
+                if not self.skip_bad:
                     raise
                 bad.append(str(e))
-                log.warning("skipped bad input %d this epoch (%s)", len(bad), e)
+                bad_inputs.record(self.stage, e)
                 continue
             good, total = good + 1, total + 1
             yield item

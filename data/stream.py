@@ -5,30 +5,41 @@ from the optimizer step alone, so a resumed run sees exactly the clips the unint
 whatever the number of workers or ranks.
 """
 
-import logging
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from deltaworld.data.bad_inputs import BadInputs
+from deltaworld.data.frame_datasets import DatasetFileError
 from deltaworld.data.sources import BadClipError, ClipSource
+from deltaworld.data.video import VideoDecodeError
 
-log = logging.getLogger(__name__)
+# what an unreadable input raises (each names the file); anything else is a bug and propagates
+BAD_INPUT_ERRORS = (BadClipError, VideoDecodeError, DatasetFileError)
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1  # evaluation clips stay disjoint from training clips of the same seed
 
 
 def draw_clip(
-    source: ClipSource, seed: int, index: int, *, stream: int = TRAIN_STREAM, max_retries: int = 8
+    source: ClipSource,
+    seed: int,
+    index: int,
+    *,
+    stream: int = TRAIN_STREAM,
+    max_retries: int = 8,
+    bad: BadInputs | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """Clip `index` of a stream, redrawing after bad inputs; returns (clip, number skipped)."""
+    """Clip `index` of a stream, redrawing after bad inputs (recorded in `bad`); returns (clip,
+    number skipped)."""
+    bad = bad or BadInputs()
     for attempt in range(max_retries):
         rng = np.random.default_rng([seed, index, attempt, stream])
         try:
             return source.sample_clip(rng), attempt
         except BadClipError as err:
-            log.warning("skipped bad input (%s); drawing another clip", err)
+            bad.record("train" if stream == TRAIN_STREAM else "validation", err)
     raise RuntimeError(f"{max_retries} consecutive bad inputs while drawing clip {index}; check the data")
 
 
@@ -55,26 +66,25 @@ class PositionedStream(IterableDataset):
 class ClipStream(PositionedStream):
     """Infinite training stream of clips drawn from a source."""
 
-    def __init__(self, source: ClipSource, **position) -> None:
+    def __init__(self, source: ClipSource, *, bad_inputs: str | None = None, **position) -> None:
         super().__init__(**position)
         self.source = source
-        self.skipped = 0
+        self.bad = BadInputs(bad_inputs)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for index in self.indices():
-            clip, skipped = draw_clip(self.source, self.seed, index)
-            if skipped:
-                self.skipped += skipped
-                log.warning("%d bad inputs skipped so far in this worker", self.skipped)
-            yield clip
+            yield draw_clip(self.source, self.seed, index, bad=self.bad)[0]
 
 
 class FixedClips(Dataset):
     """A finite, reproducible set of `num_clips` clips drawn from a source (by default the
     evaluation stream, disjoint from training clips)."""
 
-    def __init__(self, source: ClipSource, *, num_clips: int, seed: int, stream: int = EVAL_STREAM) -> None:
+    def __init__(
+        self, source: ClipSource, *, num_clips: int, seed: int, stream: int = EVAL_STREAM, bad_inputs: str | None = None
+    ) -> None:
         self.source, self.num_clips, self.seed, self.stream = source, num_clips, seed, stream
+        self.bad = BadInputs(bad_inputs)
 
     def __len__(self) -> int:
         return self.num_clips
@@ -82,4 +92,23 @@ class FixedClips(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.num_clips:
             raise IndexError(index)
-        return draw_clip(self.source, self.seed, index, stream=self.stream)[0]
+        return draw_clip(self.source, self.seed, index, stream=self.stream, bad=self.bad)[0]
+
+
+class SkipBadItems(IterableDataset):
+    """The items of a map-style evaluation set (e.g. `MiddleClips`) with unreadable ones skipped and
+    recorded: for validation inside a training run, which must not die on one bad file. Worker w of
+    W reads items w, w + W, ... (each item once)."""
+
+    def __init__(self, dataset: Dataset, *, bad_inputs: str | None = None) -> None:
+        self.dataset, self.bad_inputs = dataset, bad_inputs
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        bad = BadInputs(self.bad_inputs)
+        for index in range(worker, len(self.dataset), workers):
+            try:
+                yield self.dataset[index]
+            except BAD_INPUT_ERRORS as err:
+                bad.record("validation", err)

@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,19 @@ from deltaworld.tokenizer.deltatok import DeltaTok
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
 FRAME = 56  # 4x4 patch grid at patch 14
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.fixture
+def reference_dir() -> Path:
+    """The reference implementation's test vectors (../shared/reference). Missing, they skip the
+    test with the reason, except under CI=true, where parity is a required check and fails."""
+    if not REFERENCE.is_dir():
+        message = f"reference vectors not found at {REFERENCE} (they ship in the shared/ folder beside the checkout)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {message}")
+        pytest.skip(message)
+    return REFERENCE
 
 
 @pytest.fixture(scope="session")

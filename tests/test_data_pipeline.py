@@ -157,7 +157,7 @@ def test_data_group_composes(tmp_path):
         dm = instantiate(training_data(cfg))
         clip = dm.source.sample_clip(np.random.default_rng(0))
         assert clip["frames"].shape[-2:] == (16, 16)
-        assert dm.eval_set()[0]["frames"].shape[-2:] == (16, 16)
+        assert next(iter(dm.eval_set()))["frames"].shape[-2:] == (16, 16)
     assert isinstance(dm.source, VideoFolderSource)
     vspw = compose_train(["data=vspw", f"data.root={tmp_path / 'vspw'}", "frame_size=16"], tmp_path / "run")
     assert len(instantiate(vspw.data.benchmark.eval)) == 4 and len(instantiate(vspw.data.benchmark.train)) == 2

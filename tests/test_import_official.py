@@ -17,11 +17,11 @@ from deltaworld.tokenizer.checkpoint import load_tokenizer
 from deltaworld.tokenizer.official import hf_dinov3_to_timm
 from deltaworld.tokenizer.training import parameter_digest
 from deltaworld.worldmodel.checkpoint import load_world
+from conftest import REFERENCE
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 ATOL = 1e-5
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4}
-pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference vectors not found at {REFERENCE}")
+pytestmark = pytest.mark.usefixtures("reference_dir")  # skips, or fails under CI=true, without the vectors
 
 
 def reference(name: str) -> tuple[dict, dict]:

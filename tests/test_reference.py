@@ -18,11 +18,11 @@ from deltaworld.import_official import reference_architecture
 from deltaworld.tokenizer.official import match_state_dict
 from deltaworld.tokenizer.rope import patch_rope_2d
 from deltaworld.worldmodel.official import load_official_world
+from conftest import REFERENCE
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 ATOL = 1e-5
 GRID = (4, 4)  # 64 px frames, patch 16
-pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference vectors not found at {REFERENCE}")
+pytestmark = pytest.mark.usefixtures("reference_dir")  # skips, or fails under CI=true, without the vectors
 
 
 def split(name: str) -> tuple[dict, dict]:
