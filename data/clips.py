@@ -52,6 +52,11 @@ def _crop_resize(frames: torch.Tensor, box: tuple[int, int, int, int], height: i
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 (T, 3, H, W) -> uint8 (T, 3, height, width), the whole frame, antialiased bilinear."""
+    return _crop_resize(frames, (0, 0, *frames.shape[-2:]), height, width)
+
+
 def resize_center_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """uint8 (T, 3, H, W) -> uint8 (T, 3, height, width): scale so the frame covers the target,
     keep the centre, antialiased bilinear. Aspect ratio is kept, so nothing is squashed."""

@@ -39,6 +39,7 @@ from deltaworld.data.media import (
     read_media,
 )
 from deltaworld.data.video import VideoDecodeError, iter_frames
+from deltaworld.tokenizer.checkpoint import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,7 @@ class PackSettings:
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -121,9 +120,8 @@ def pack_sample(path: Path, root: Path, settings: PackSettings) -> dict:
 def pack_shard(index: int, inputs: Sequence[Path], first: int, root: Path, out: Path, settings: PackSettings) -> dict:
     """Write shard `index` (inputs numbered from `first`) atomically; returns its record."""
     name = f"shard-{index:06d}.tar"
-    tmp = out / f".{name}.tmp"
     bad, samples = [], 0
-    with wds.TarWriter(str(tmp)) as sink:
+    with atomic_write(out / name) as f, wds.TarWriter(f) as sink:
         for offset, path in enumerate(inputs):
             try:
                 sample = pack_sample(path, root, settings)
@@ -132,7 +130,6 @@ def pack_shard(index: int, inputs: Sequence[Path], first: int, root: Path, out: 
                 continue
             sink.write({"__key__": f"{first + offset:09d}", **sample})
             samples += 1
-    os.replace(tmp, out / name)
     record = {"file": name, "samples": samples, "bytes": (out / name).stat().st_size, "inputs": len(inputs), "bad": bad}
     atomic_write_json(out / f"shard-{index:06d}.json", record)
     return record

@@ -17,23 +17,27 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from deltaworld.data.shard_stream import tensors_of
 from deltaworld.data.shards import MANIFEST, read_manifest
 from deltaworld.data.stream import PositionedStream
+from deltaworld.tokenizer.checkpoint import atomic_save_safetensors, atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = "fingerprint"
+# what a cache file (safetensors header) or shard folder (manifest) says it is
+CACHE_KIND, CACHE_FORMAT_VERSION = "token_cache", 1
 
 
 class StaleCacheError(RuntimeError):
@@ -52,12 +56,9 @@ def describe_source(source) -> dict:
 
 def write_token_cache(path: str | os.PathLike, tensors: dict[str, torch.Tensor], fingerprint: dict) -> Path:
     """Atomic safetensors write with the fingerprint in the header."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata={FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)})
-    os.replace(tmp, path)
-    return path
+    header = {FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True), "kind": json.dumps(CACHE_KIND),
+              "format_version": json.dumps(CACHE_FORMAT_VERSION)}
+    return atomic_save_safetensors(tensors, path, header)
 
 
 def is_shard_cache(path: str | os.PathLike) -> bool:
@@ -69,11 +70,18 @@ def read_token_cache(path: str | os.PathLike, fingerprint: dict) -> dict[str, to
     of a safetensors file, or the shard paths of a shard folder."""
     path = Path(path)
     if is_shard_cache(path):
-        manifest = read_manifest(path / MANIFEST)
-        stored = manifest.get(FINGERPRINT_KEY, {})
+        header = read_manifest(path / MANIFEST)
     else:
-        with safe_open(str(path), framework="pt") as f:
-            stored = json.loads((f.metadata() or {}).get(FINGERPRINT_KEY, "{}"))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+        except Exception as e:  # safetensors and json raise several types for a damaged header
+            raise StaleCacheError(f"token cache {path} does not read ({e}); delete it or set data.token_cache.rebuild=true") from None
+    # caches written before kinds existed carry none; anything else must say it is a token cache
+    if header.get("kind", CACHE_KIND) != CACHE_KIND or header.get("format_version", 0) > CACHE_FORMAT_VERSION:
+        raise StaleCacheError(f"{path} is not a token cache of this code (kind {header.get('kind')!r}, "
+                              f"version {header.get('format_version')!r})")
+    stored = header.get(FINGERPRINT_KEY, {})
     if stored != json.loads(json.dumps(fingerprint)):
         differing = sorted(k for k in stored.keys() | fingerprint.keys() if stored.get(k) != fingerprint.get(k))
         details = "; ".join(f"{k}: cache has {stored.get(k)!r}, this run needs {fingerprint.get(k)!r}" for k in differing)
@@ -83,31 +91,29 @@ def read_token_cache(path: str | os.PathLike, fingerprint: dict) -> dict[str, to
             "data.token_cache.rebuild=true."
         )
     if is_shard_cache(path):
-        return [str(path / shard) for shard in manifest["shards"]]
+        return [str(path / shard) for shard in header["shards"]]
     return load_file(str(path))
 
 
 def write_cache_shards(
     path: str | os.PathLike, clips: Iterable[dict[str, torch.Tensor]], fingerprint: dict, *, samples_per_shard: int = 1000
 ) -> Path:
-    """Per-clip tensors into webdataset shards under folder `path` (replaced atomically as a whole),
-    with the fingerprint in manifest.json."""
+    """Per-clip tensors into webdataset shards under folder `path` (replaced atomically as a whole,
+    each file synced to disk first), with the fingerprint in manifest.json."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shards, count, sink = [], 0, None
-    for clip in clips:
-        if count % samples_per_shard == 0:
-            if sink:
-                sink.close()
-            shards.append(f"shard-{len(shards):06d}.tar")
-            sink = wds.TarWriter(str(tmp / shards[-1]))
-        sink.write({"__key__": f"{count:09d}", **{f"{k}.npy": _npy(v) for k, v in clip.items()}})
-        count += 1
-    if sink:
-        sink.close()
-    (tmp / MANIFEST).write_text(json.dumps({FINGERPRINT_KEY: fingerprint, "num_samples": count, "shards": shards}, indent=1, sort_keys=True))
+    clips, shards, count = iter(clips), [], 0
+    while (first := next(clips, None)) is not None:
+        shards.append(f"shard-{len(shards):06d}.tar")
+        with atomic_write(tmp / shards[-1]) as f, wds.TarWriter(f) as sink:
+            for clip in chain([first], islice(clips, samples_per_shard - 1)):
+                sink.write({"__key__": f"{count:09d}", **{f"{k}.npy": _npy(v) for k, v in clip.items()}})
+                count += 1
+    manifest = {FINGERPRINT_KEY: fingerprint, "num_samples": count, "shards": shards, "kind": CACHE_KIND,
+                "format_version": CACHE_FORMAT_VERSION}
+    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)

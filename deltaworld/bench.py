@@ -1,21 +1,17 @@
-"""`deltaworld bench <what>`: print speed/memory figures."""
+"""`deltaworld bench what=tokenizer|world|data|codec`: print speed/memory figures
+(deltaworld.eval.bench_commands); conf/bench.yaml."""
 
-import sys
+import hydra
+from omegaconf import DictConfig
 
-from deltaworld.data.bench import bench_data
-from deltaworld.eval.bench import bench_tokenizer, bench_world
-from deltaworld.eval.bench_codec import bench_codec
-
-BENCHMARKS = {"tokenizer": bench_tokenizer, "world": bench_world, "data": bench_data, "codec": bench_codec}
+from deltaworld.errors import user_errors
+from deltaworld.eval.bench_commands import run_bench
 
 
-def main() -> None:
-    args = sys.argv[1:]
-    if not args or args[0] not in BENCHMARKS:
-        print(f"usage: deltaworld bench {{{','.join(BENCHMARKS)}}}", file=sys.stderr)
-        sys.exit(2)
-    for line in BENCHMARKS[args[0]]():
-        print(line, flush=True)
+@hydra.main(config_path="pkg://deltaworld.conf", config_name="bench", version_base="1.3")
+@user_errors
+def main(cfg: DictConfig) -> None:
+    run_bench(cfg.what)
 
 
 if __name__ == "__main__":

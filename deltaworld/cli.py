@@ -1,25 +1,34 @@
 """`deltaworld <command> [hydra overrides]`: one console script, thin subcommands."""
 
+import os
 import runpy
 import sys
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    module: str
+    purpose: str
+    verb: str | None = None  # the key a leading bare word sets: `codec encode` = `codec action=encode`
+
 
 COMMANDS = {
-    "train": ("deltaworld.train", "train a stage from Hydra configs (experiment=<preset>, -m to sweep)"),
-    "demo": ("deltaworld.demo", "CPU end-to-end demo on synthetic labelled video; writes a report"),
-    "sample": ("deltaworld.sample", "sample M futures of a clip from a world model: figures, tokens, diversity"),
-    "heads": ("deltaworld.heads", "train the linear segmentation/depth heads on frozen features of a labelled set"),
-    "eval": ("deltaworld.evaluate", "dense forecasting benchmark: metrics.json, report.md, figures"),
-    "shards": ("deltaworld.shards", "pack a folder tree of videos into webdataset shards (resumable)"),
-    "codec": ("deltaworld.codec", "pixel DeltaToken codec: deltaworld codec encode|decode IN OUT"),
-    "import-official": ("deltaworld.import_official", "convert the reference implementation's released checkpoints"),
-    "bench": ("deltaworld.bench", "print speed/memory figures: deltaworld bench tokenizer|world|data|codec"),
+    "train": Command("deltaworld.train", "train a stage from Hydra configs (experiment=<preset>, -m to sweep)"),
+    "demo": Command("deltaworld.demo", "CPU end-to-end demo on synthetic labelled video; writes a report"),
+    "sample": Command("deltaworld.sample", "sample M futures of a clip from a world model: figures, tokens, diversity"),
+    "heads": Command("deltaworld.heads", "train the linear segmentation/depth heads on a labelled set's features"),
+    "eval": Command("deltaworld.evaluate", "dense forecasting benchmark: metrics.json, report.md, figures"),
+    "shards": Command("deltaworld.shards", "pack a folder tree of videos into webdataset shards (resumable)"),
+    "codec": Command("deltaworld.codec", "pixel DeltaToken video codec: codec encode|decode|eval key=...", "action"),
+    "import-official": Command("deltaworld.import_official", "convert the reference implementation's released models"),
+    "bench": Command("deltaworld.bench", "print speed/memory figures: bench tokenizer|world|data|codec", "what"),
 }
 
 
 def usage() -> str:
-    lines = ["usage: deltaworld <command> [hydra overrides ...]", "", "commands:"]
-    lines += [f"  {name:<16} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`deltaworld <command> --help` shows the command's config groups and options."]
+    lines = ["usage: deltaworld <command> [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<16} {command.purpose}" for name, command in COMMANDS.items()]
+    lines += ["", "`deltaworld <command> --help` lists the command's options, their defaults and its config groups."]
     return "\n".join(lines)
 
 
@@ -28,14 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"deltaworld: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"deltaworld: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
+    command = COMMANDS[name]
+    if command.verb and rest and "=" not in rest[0] and not rest[0].startswith("-"):
+        rest = [f"{command.verb}={rest[0]}", *rest[1:]]
+    # figures are files: the headless backend, chosen here so that importing the library changes nothing
+    os.environ.setdefault("MPLBACKEND", "Agg")
     # run the command module as __main__: Hydra names the job after it, and Lightning's DDP
     # launcher re-executes `python -m <__main__ module> <overrides>` for the other ranks
-    sys.argv = [sys.argv[0], *rest]
-    runpy.run_module(COMMANDS[command][0], run_name="__main__", alter_sys=True)
+    saved, sys.argv = sys.argv, [sys.argv[0], *rest]
+    try:
+        runpy.run_module(command.module, run_name="__main__", alter_sys=True)
+    finally:
+        sys.argv = saved  # a caller in the same process (a test) gets its own back
     return 0
 
 

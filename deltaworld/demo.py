@@ -1,131 +1,19 @@
-"""`deltaworld demo`: the whole pipeline on synthetic labelled video, ending in a report
-(CPU by default, `device=cuda` for a GPU)."""
-
-import logging
-from pathlib import Path
+"""`deltaworld demo [device=cuda]`: the whole pipeline on synthetic labelled video, ending in a
+report (deltaworld.eval.demo, handed `deltaworld train`'s run_training: eval never trains a model
+itself); conf/demo.yaml."""
 
 import hydra
-import torch
-from hydra import compose
-from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from deltaworld.evaluate import forecasting_methods, run_benchmark
-from deltaworld.heads import fit_heads, resolve_device
-from deltaworld.train import run_training
-from deltaworld.eval.figures import image_grid
-from deltaworld.eval.heads import build_heads
-from deltaworld.eval.pca import PCAProjection
-from deltaworld.eval.train_heads import train_heads
-from deltaworld.tokenizer.checkpoint import export_safetensors, load_tokenizer, read_metadata
-from deltaworld.worldmodel.checkpoint import load_world
-
-log = logging.getLogger(__name__)
-
-
-def tokenizer_figure(backbone, deltatok, clip: dict, path: Path, device: torch.device) -> Path:
-    """Frames, PCA of true features and of the closed-loop reconstruction from frame 0."""
-    frames = clip["frames"][None].to(device)  # (1, T, 3, H, W)
-    feats = backbone(frames)
-    grid = backbone.grid(*frames.shape[-2:])
-    _, recon = deltatok.reconstruct(feats[:, 1:], grid, feats[:, 0])
-    pca = PCAProjection(feats)
-    times = [f"t={t:.2f}s" for t in clip["timestamps"].tolist()]
-    return image_grid(
-        [
-            ("frames", list(frames[0])),
-            ("true features (PCA)", list(pca(feats[0], grid))),
-            ("closed-loop recon.", [None, *pca(recon[0], grid)]),
-        ],
-        path,
-        col_titles=times,
-    )
-
-
-def train_world(cfg: DictConfig, tokenizer_path: Path, name: str, overrides: list[str]) -> Path:
-    """Train a world model on the demo's tokenizer with the `train` config and the given overrides."""
-    world_cfg = compose(
-        config_name="train",
-        overrides=[*overrides, f"tokenizer_ckpt={tokenizer_path}", f"run_dir={Path(cfg.out_dir) / name}", f"seed={cfg.seed}"],
-    )
-    return run_training(world_cfg)
-
-
-def pretrain_backbone(cfg: DictConfig, path: Path, device: torch.device) -> Path:
-    """The demo's stand-in for a pretrained VFM: the random-init tiny backbone trained, with
-    throw-away heads, on labelled synthetic frames (`backbone_stage`), then saved for the
-    `backbone.checkpoint` of every later stage. Random features hash pixel patches: a sub-patch
-    shift changes them as much as a new object does, so forecasting them says nothing about a
-    scene, whereas a VFM's features move with what is in it. Nothing here sees evaluation clips."""
-    stage = cfg.backbone_stage
-    backbone = instantiate(cfg.backbone).to(device)
-    train_set = instantiate(cfg.data.benchmark.train, num_clips=stage.num_clips)
-    torch.manual_seed(cfg.seed)
-    heads = build_heads(in_dim=backbone.dim, num_classes=train_set.num_classes, depth_range=train_set.depth_range)
-    history = train_heads(
-        backbone=backbone, heads=heads, dataset=train_set, epochs=stage.epochs, batch_size=stage.batch_size,
-        lr=stage.lr, weight_decay=stage.weight_decay, seed=cfg.seed, device=device, train_backbone=True,
-    )
-    log.info("backbone pretraining losses per epoch: %s", history)
-    return export_safetensors(backbone.model, path)
-
-
-def run_demo(cfg: DictConfig) -> Path:
-    out_dir = Path(cfg.out_dir)
-    device = resolve_device(cfg.device)
-    accelerator = "gpu" if device.type == "cuda" else "cpu"
-    with open_dict(cfg):
-        cfg.run_dir = str(out_dir / "tokenizer")
-        cfg.trainer.accelerator = accelerator
-        if cfg.backbone_stage:
-            cfg.backbone.checkpoint = str(pretrain_backbone(cfg, out_dir / "backbone.safetensors", device))
-    tokenizer_path = run_training(cfg)
-    world_overrides = [*cfg.world_stage.overrides, f"trainer.accelerator={accelerator}"]
-    world_path = train_world(cfg, tokenizer_path, "world", world_overrides)
-    deterministic_path = train_world(
-        cfg, tokenizer_path, "deterministic", [*world_overrides, "world.deterministic=true", "module.num_hypotheses=1"]
-    )
-
-    backbone, deltatok = load_tokenizer(tokenizer_path, device)
-    _, space, world, _ = load_world(world_path, device)
-    _, _, deterministic, _ = load_world(deterministic_path, device)
-    with open_dict(cfg):
-        cfg.data.benchmark.eval.num_clips = cfg.eval.clips
-        cfg.data.benchmark.eval.num_frames = cfg.eval.context + max(cfg.eval.horizons)
-    eval_set = instantiate(cfg.data.benchmark.eval)
-    heads, _ = fit_heads(
-        backbone=backbone, backbone_cfg=read_metadata(tokenizer_path)["backbone"], frame_size=cfg.frame_size,
-        train_set=instantiate(cfg.data.benchmark.train), eval_set=eval_set, path=out_dir / "heads.safetensors",
-        num_workers=0, seed=cfg.seed, device=device, **cfg.heads_stage,
-    )
-    samples = cfg.world_stage.samples
-    with torch.no_grad():
-        tokenizer_png = tokenizer_figure(backbone, deltatok, eval_set[0], out_dir / "tokenizer_pca.png", device)
-        report, _ = run_benchmark(
-            backbone=backbone, heads=heads, dataset=eval_set,
-            methods=forecasting_methods(deltatok=deltatok, world=(space, world), deterministic=(space, deterministic), samples=samples, seed=cfg.seed, device=device),
-            context=cfg.eval.context, horizons=list(cfg.eval.horizons), batch_size=cfg.eval.batch_size, num_workers=0,
-            out_dir=out_dir, title=f"DeltaWorld demo (synthetic labelled video, {device.type.upper()})", world=(space, world), samples=samples,
-            figure_clips=cfg.eval.figure_clips, seed=cfg.seed, device=device,
-            figures={"DeltaTok: true vs closed-loop reconstructed features": tokenizer_png},
-            notes=[
-                *(
-                    [f"backbone: the random-init tiny ViT trained {cfg.backbone_stage.epochs} epochs on {cfg.backbone_stage.num_clips} labelled "
-                     "synthetic frames (a stand-in for VFM pretraining), then frozen for every stage: backbone.safetensors"]
-                    if cfg.backbone_stage else []
-                ),
-                f"the world models were trained {cfg.world_stage.overrides}; the deterministic one with one learned query (N=1), as many steps",
-                f"weights: {tokenizer_path.relative_to(out_dir)}, {world_path.relative_to(out_dir)}, "
-                f"{deterministic_path.relative_to(out_dir)}, heads.safetensors",
-            ],
-        )
-    print(f"\nreport: {report}")
-    return report
+from deltaworld.errors import user_errors
+from deltaworld.eval.demo import run_demo
+from deltaworld.tokenizer.fit import run_training
 
 
 @hydra.main(config_path="pkg://deltaworld.conf", config_name="demo", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
-    run_demo(cfg)
+    run_demo(cfg, train_stage=run_training)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ import hydra
 from omegaconf import DictConfig
 
 from deltaworld.data.shards import PackSettings, pack_shards
+from deltaworld.errors import user_errors
 
 
 @hydra.main(config_path="pkg://deltaworld.conf", config_name="shards", version_base="1.3")
+@user_errors
 def main(cfg: DictConfig) -> None:
     settings = PackSettings(
         format=cfg.format, samples_per_shard=cfg.samples_per_shard, min_frames=cfg.min_frames,

@@ -5,9 +5,9 @@ reduction factors at the CPU preset and at the seed's size."""
 import time
 
 import torch
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
+from deltaworld.eval.configs import compose_config
 from deltaworld.tokenizer.pixel import frame_token_counts
 from deltaworld.tokenizer.pixel_metrics import token_budget
 from deltaworld.tokenizer.streaming import DecoderSession, EncoderSession
@@ -30,9 +30,8 @@ def budget_line(name: str, tok: dict, *, height: int, width: int, fps: float, se
 
 
 def bench_codec(frames: int = 16, threads: int | None = None) -> list[str]:
-    with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
-        cpu = compose(config_name="train", overrides=["experiment=pixel_cpu", "run_dir=."])
-        seed = compose(config_name="train", overrides=["experiment=pixel_seed", "run_dir=.", "data.root=."])
+    cpu = compose_config("train", ["experiment=pixel_cpu", "run_dir=."])
+    seed = compose_config("train", ["experiment=pixel_seed", "run_dir=.", "data.root=."])
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -4,9 +4,10 @@ diffusion decoder against copy-last baselines, metric records and figures."""
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
-from deltaworld.eval.figures import image_grid, plt, save_figure  # figures selects the headless backend
+from deltaworld.eval.figures import image_grid, save_figure
 from deltaworld.eval.records import Record
 from deltaworld.tokenizer.pixel import PixelDeltaToken, to_uint8, to_unit
 from deltaworld.tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame

@@ -1,12 +1,9 @@
-"""Figures as PNG files (matplotlib, headless)."""
+"""Figures as PNG files (matplotlib; the commands that draw choose the headless backend)."""
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
@@ -18,9 +15,24 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
-def image_grid(rows: list[tuple[str, list[torch.Tensor | None]]], path: str | Path, *, col_titles: list[str] | None = None, cell: float = 1.6) -> Path:
-    """Rows of images (H, W, 3) float in [0, 1] or uint8 (3, H, W); None leaves a blank cell."""
+MAX_COLUMNS, MAX_ROWS = 16, 24  # at 1.6 in a cell and 110 dpi: at most about 12 megapixels
+
+
+def image_grid(
+    rows: list[tuple[str, list[torch.Tensor | None]]],
+    path: str | Path,
+    *,
+    col_titles: list[str] | None = None,
+    cell: float = 1.6,
+) -> Path:
+    """Rows of images (H, W, 3) float in [0, 1] or uint8 (3, H, W); None leaves a blank cell. At most
+    MAX_COLUMNS columns and MAX_ROWS rows are drawn (the rest is left out, said in the last title),
+    so a long horizon or many hypotheses never make a figure of hundreds of megapixels."""
     num_cols = max(len(images) for _, images in rows)
+    rows = [(label, images[:MAX_COLUMNS]) for label, images in rows[:MAX_ROWS]]
+    if num_cols > MAX_COLUMNS:
+        col_titles = [*(col_titles or [""] * MAX_COLUMNS)[: MAX_COLUMNS - 1], f"(first {MAX_COLUMNS} of {num_cols})"]
+        num_cols = MAX_COLUMNS
     fig, axes = plt.subplots(len(rows), num_cols, figsize=(cell * num_cols + 1.2, cell * len(rows)), squeeze=False)
     for r, (label, images) in enumerate(rows):
         for c in range(num_cols):

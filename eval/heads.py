@@ -12,6 +12,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from deltaworld.tokenizer.checkpoint import export_safetensors, load_weights, read_metadata
+from deltaworld.tokenizer.schema import Builder, checked_config, expect_kind, stamp
 
 
 class SegHead(nn.Module):
@@ -84,14 +85,16 @@ def apply_head(head: nn.Module, feats: torch.Tensor, grid: tuple[int, int]) -> t
 def save_heads(heads: nn.ModuleDict, path: str | os.PathLike, metadata: dict) -> Path:
     """Atomic safetensors file with keys `<task>.bn.*`, `<task>.conv.*` and the heads config
     plus `metadata` (backbone config and weight digest, dataset, training figures)."""
-    return export_safetensors(heads, path, {"heads": heads_config(heads), **metadata})
+    return export_safetensors(heads, path, stamp("heads", {"heads": heads_config(heads), **metadata}))
+
+
+HEADS = Builder(build_heads)  # the builder of a heads file's `heads` field
 
 
 def load_heads(path: str | os.PathLike) -> tuple[nn.ModuleDict, dict]:
-    """(heads in eval mode, metadata) from a `save_heads` file."""
+    """(heads in eval mode, metadata) from a `save_heads` file, its config checked before anything is built."""
     meta = read_metadata(path)
-    if "heads" not in meta:
-        raise ValueError(f"{path} is not a heads checkpoint (no 'heads' entry in its metadata)")
-    heads = build_heads(**meta["heads"])
+    expect_kind(path, meta, ("heads",), "deltaworld heads data=<dataset> backbone_from=<export>")
+    heads = HEADS.fn(**checked_config(path, meta, "heads", HEADS))
     heads.load_state_dict(load_weights(path))
     return heads.eval(), meta

@@ -2,8 +2,10 @@
 
 import os
 import warnings
+from functools import partial
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,9 @@ import torch
 from deltaworld.data.sources import SyntheticSource
 from deltaworld.tokenizer.backbone import build_backbone
 from deltaworld.tokenizer.deltatok import DeltaTok
+from deltaworld.tokenizer.training import warmup_constant
 
+matplotlib.use("Agg")  # figures are files: the headless backend, as `deltaworld` chooses for its commands
 # OMP_NUM_THREADS wins: on a loaded machine two spinning threads make tiny ops many times slower
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", min(2, os.cpu_count() or 1))))
 
@@ -46,6 +50,13 @@ def make_deltatok(backbone, **kw) -> DeltaTok:
 @pytest.fixture
 def tiny_deltatok(tiny_backbone):
     return make_deltatok(tiny_backbone)
+
+
+# a stage's `optimizer` and `scheduler` partials for modules built without Hydra (conf/ has the real ones)
+OPTIMIZATION = {
+    "optimizer": partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-2),
+    "scheduler": partial(warmup_constant, warmup_steps=0),
+}
 
 
 def synthetic_batch(batch: int = 2, frames: int = 4, size: int = FRAME, seed: int = 0) -> dict:

@@ -15,7 +15,7 @@ from deltaworld.data.shard_stream import ClipDecoder, ShardStream
 from deltaworld.data.shards import PackSettings, pack_shards
 from deltaworld.data.sources import MiddleClips
 from deltaworld.data.stream import SkipBadItems
-from deltaworld.train import run_training
+from deltaworld.tokenizer.fit import run_training
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from deltaworld.data.media import FrameSequence, read_media
 from deltaworld.data.sources import LabelledClipSource, MiddleClips, VideoFolderSource
 from deltaworld.data.stream import ClipStream
 from deltaworld.data.video import decode_frames, torchcodec_available, write_video
-from deltaworld.train import training_data
+from deltaworld.tokenizer.fit import training_data
 
 VFR_TICKS = [0, 2, 9, 10, 21, 30, 31, 42]  # frame i of vfr.mkv is shown at VFR_TICKS[i] / 30 s
 

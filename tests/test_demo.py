@@ -8,10 +8,11 @@ from safetensors.torch import load_file
 from test_training import FAST
 from test_world_training import WORLD_FAST
 
-from deltaworld.demo import run_demo
+from deltaworld.eval.demo import run_demo
 from deltaworld.eval.heads import load_heads
 from deltaworld.eval.records import read_metrics
 from deltaworld.tokenizer.checkpoint import load_tokenizer, read_metadata
+from deltaworld.tokenizer.fit import run_training
 from deltaworld.tokenizer.training import parameter_digest
 
 
@@ -31,7 +32,7 @@ def test_demo_pretrains_the_stand_in_backbone_and_scores_every_method(tmp_path, 
         )
         with open_dict(cfg):
             cfg.world_stage.overrides = [*WORLD_FAST, "trainer.max_steps=2"]
-        report = run_demo(cfg)
+        report = run_demo(cfg, train_stage=run_training)
 
     # the tokenizer and the heads stand on the pretrained stand-in, not on a fresh random init
     backbone_file = tmp_path / "backbone.safetensors"

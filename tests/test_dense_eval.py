@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from deltaworld.data.kitti import KITTI
 from deltaworld.data.labelled import SyntheticLabelled
 from deltaworld.data.vspw import VSPW
-from deltaworld.train import run_training
+from deltaworld.tokenizer.fit import run_training
 from deltaworld.eval.crops import crops_to_label_halves, split_labels, square_crops
 from deltaworld.eval.forecast import evaluate_forecasts, forecast_figure, labelled_batches, oracle
 from deltaworld.eval.heads import DepthHead, build_heads, load_heads, save_heads
@@ -214,7 +214,7 @@ def test_heads_and_eval_commands_write_every_row_and_figure(tmp_path, world_ckpt
 
 
 def test_eval_refuses_heads_of_another_backbone_or_label_set(tmp_path, world_ckpt):
-    from deltaworld.evaluate import check_heads
+    from deltaworld.eval.benchmark import check_heads
     from deltaworld.tokenizer.checkpoint import load_tokenizer
 
     backbone, _ = load_tokenizer(world_ckpt)

@@ -10,8 +10,9 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
-from deltaworld.import_official import import_official, main, parse_heads
+from deltaworld.cli import main as cli_main
 from deltaworld.eval.heads import apply_head, load_heads
+from deltaworld.eval.import_official import import_official, parse_heads, reference_architecture
 from deltaworld.tokenizer.backbone import build_backbone
 from deltaworld.tokenizer.checkpoint import load_tokenizer
 from deltaworld.tokenizer.official import hf_dinov3_to_timm
@@ -67,8 +68,8 @@ def released(tmp_path_factory) -> dict[str, Path]:
 
 def run_import(files: dict[str, Path], out: Path, **replace: Path) -> None:
     files = {**files, **replace}
-    main([
-        f"tokenizer={files['tokenizer']}", f"world={files['world']}", f"heads=[{files['vspw']},{files['kitti']}]",
+    cli_main([
+        "import-official", f"tokenizer_ckpt={files['tokenizer']}", f"world_ckpt={files['world']}", f"heads=[{files['vspw']},{files['kitti']}]",
         f"out={out}", "experiment=reference_tiny", f"backbone.checkpoint={files['backbone']}",
     ])
 
@@ -102,7 +103,7 @@ def test_imported_tokenizer_reproduces_the_reference_closed_loop_from_frames(imp
 def test_imported_world_gives_the_reference_rollout_through_sample(imported, monkeypatch, tmp_path):
     """`deltaworld sample`'s code path (frames -> backbone -> tokens -> rollout -> closed-loop decode,
     figure, statistics) with the reference's query noise pinned: its predicted tokens and features."""
-    from deltaworld.sample import sample_and_describe
+    from deltaworld.eval.sample import sample_and_describe
 
     backbone, space, world, meta = load_world(imported / "world.safetensors")
     assert meta["frame_size"] == 64 and not world.deterministic
@@ -124,7 +125,7 @@ def test_imported_world_gives_the_reference_rollout_through_sample(imported, mon
 def test_deltaworld_sample_command_runs_on_the_import(imported, tmp_path):
     from hydra import compose, initialize_config_module
 
-    from deltaworld.sample import run_sample
+    from deltaworld.eval.sample import run_sample
 
     with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         cfg = compose("sample", overrides=[f"world_ckpt={imported / 'world.safetensors'}", f"out_dir={tmp_path}",
@@ -159,7 +160,7 @@ def test_imported_heads_compute_the_reference_heads(imported, released):
 
 
 def test_parse_heads_reads_the_dataset_from_the_path_or_a_prefix():
-    assert parse_heads("[/h/seg-head-vspw/a.bin,kitti:/h/x.bin]") == [("vspw", Path("/h/seg-head-vspw/a.bin")), ("kitti", Path("/h/x.bin"))]
+    assert parse_heads(["/h/seg-head-vspw/a.bin", "kitti:/h/x.bin"]) == [("vspw", Path("/h/seg-head-vspw/a.bin")), ("kitti", Path("/h/x.bin"))]
     with pytest.raises(ValueError, match="cannot tell which dataset"):
         parse_heads("/h/model.bin")
 
@@ -188,7 +189,8 @@ DAMAGED = {
 
 
 @pytest.mark.parametrize("case", DAMAGED)
-def test_refuses_truncated_or_foreign_files_naming_the_first_bad_key(case, released, tmp_path):
+def test_refuses_truncated_or_foreign_files_naming_the_first_bad_key(case, released, tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the command re-raises the refusal instead of exiting with it
     arg, damage, key = DAMAGED[case]
     bad = save_bin(damage(released), tmp_path / ("depth-head-kitti" if arg == "kitti" else "seg-head-vspw" if arg == "vspw" else arg) / "pytorch_model.bin")
     # OfficialCheckpointError (ValueError); the backbone's arrives wrapped by Hydra's instantiate
@@ -225,7 +227,8 @@ def test_full_reference_state_dict_imports_and_carries_its_backbone(released, tm
     as the tokenizer file and, converted, as the backbone file too."""
     full = {**load_raw(released["tokenizer"]), **{f"backbone.{k}": v for k, v in load_raw(released["backbone"]).items()}}
     path = save_bin(full, tmp_path / "full" / "pytorch_model.bin")
-    written = import_official(tokenizer=path, out=tmp_path / "out", overrides=["experiment=reference_tiny", f"backbone.checkpoint={path}"])
+    arch = reference_architecture(["experiment=reference_tiny", f"backbone.checkpoint={path}"])
+    written = import_official(tokenizer=path, out=tmp_path / "out", arch=arch)
     backbone, _ = load_tokenizer(written["tokenizer"])
     ref = reference("backbone_dinov3_tiny.safetensors")[1]
     assert (backbone(ref["images_uint8"][:, None])[:, 0] - ref["patch_features"]).abs().max() < ATOL

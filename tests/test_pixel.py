@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train
 from hydra.utils import instantiate
 
 from deltaworld.data.sources import SyntheticSource
@@ -16,6 +15,8 @@ from deltaworld.tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to
 from deltaworld.tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame, token_budget
 from deltaworld.tokenizer.pixel_module import PixelTokenizerModule
 from deltaworld.tokenizer.streaming import DecoderSession, EncoderSession
+
+from conftest import OPTIMIZATION, compose_train
 
 SIZE = 16  # 4x4 grid of 4x4 patches
 
@@ -141,7 +142,7 @@ def test_round_trip_on_tiny_video_beats_copy_last():
     torch.manual_seed(0)
     model = PixelDeltaToken(patch_size=4, dim=64, num_heads=4, depth=2, num_tokens=4, token_dim=16, key_tokens=16,
                             layer_scale_init=1.0, init_std=0.125, diffusion=None)
-    module = PixelTokenizerModule(tokenizer=model)
+    module = PixelTokenizerModule(tokenizer=model, **OPTIMIZATION)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(120):
         loss = module.clip_losses(frames)["recon"]
@@ -183,7 +184,7 @@ def test_cpu_preset_module_step_and_export(tmp_path):
 
 
 def test_denoiser_gradients_do_not_shrink_the_codec_step():
-    module = PixelTokenizerModule(tokenizer=tiny_pixel())
+    module = PixelTokenizerModule(tokenizer=tiny_pixel(), **OPTIMIZATION)
     losses = module.clip_losses(torch.stack([clip(3), clip(3, seed=1)]))
     (losses["recon"] + 1e3 * losses["diffusion"]).backward()  # a denoiser gradient far above the clip
     denoiser = set(module.tokenizer.denoiser.parameters())
@@ -199,8 +200,8 @@ def test_denoiser_gradients_do_not_shrink_the_codec_step():
 
 
 def test_codec_command_round_trip(tmp_path, capsys):
+    from deltaworld.cli import main as cli_main
     from deltaworld.data.video import write_video
-    from deltaworld import codec
 
     model = tiny_pixel(key_tokens=4)
     ckpt = export_safetensors(model, tmp_path / "tok.safetensors", metadata={
@@ -209,12 +210,12 @@ def test_codec_command_round_trip(tmp_path, capsys):
                       "num_tokens": 2, "token_dim": 8, "key_tokens": 4, "diffusion": {"dim": 32, "depth": 1, "num_heads": 2}},
     })
     write_video(tmp_path / "in.mp4", clip(5), fps=10)
-    codec.encode([str(tmp_path / "in.mp4"), str(tmp_path / "out.dtok"), f"ckpt={ckpt}"])
-    codec.decode([str(tmp_path / "out.dtok"), str(tmp_path / "out.mp4"), "decoder=diffusion", "steps=2"])
+    cli_main(["codec", "encode", f"input={tmp_path / 'in.mp4'}", f"output={tmp_path / 'out.dtok'}", f"ckpt={ckpt}"])
+    cli_main(["codec", "decode", f"input={tmp_path / 'out.dtok'}", f"output={tmp_path / 'out.mp4'}", "decoder=diffusion", "steps=2"])
     text = capsys.readouterr().out
     assert text.count("PSNR") == 2 and "tokens/s of video" in text and "reduction vs VAE" in text
     assert (tmp_path / "out.mp4").is_file()
-    codec.evaluate([f"ckpt={ckpt}", "clips=2", "frames=4", "size=16", f"out_dir={tmp_path / 'eval'}"])
+    cli_main(["codec", "action=eval", f"ckpt={ckpt}", "clips=2", "frames=4", "size=16", f"out_dir={tmp_path / 'eval'}"])
     records = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {r["method"] for r in records} == {"deterministic", "diffusion", "copy_last"}
     assert (tmp_path / "eval" / "psnr_over_time.png").is_file()

@@ -14,7 +14,7 @@ from einops import rearrange
 from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 
-from deltaworld.import_official import reference_architecture
+from deltaworld.eval.import_official import reference_architecture
 from deltaworld.tokenizer.official import match_state_dict
 from deltaworld.tokenizer.rope import patch_rope_2d
 from deltaworld.worldmodel.official import load_official_world

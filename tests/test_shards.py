@@ -200,7 +200,7 @@ def test_train_from_shards_end_to_end(packed, tmp_path):
     from conftest import compose_train
     from test_training import FAST
 
-    from deltaworld.train import run_training
+    from deltaworld.tokenizer.fit import run_training
 
     _, out, _ = packed
     overrides = [*FAST, "data=shards", f"data.root={out['video']}", "data.num_workers=0", "trainer.max_steps=2",

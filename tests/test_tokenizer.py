@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FRAME, make_deltatok, synthetic_batch
 
 from deltaworld.tokenizer.attention import attention
 from deltaworld.tokenizer.backbone import BackboneCheckpointError, build_backbone
@@ -12,6 +11,8 @@ from deltaworld.tokenizer.losses import feature_loss, log_cosh
 from deltaworld.tokenizer.module import TokenizerModule
 from deltaworld.tokenizer.rope import apply_rope, patch_rope_2d, time_rope
 from deltaworld.tokenizer.training import param_groups
+
+from conftest import FRAME, OPTIMIZATION, make_deltatok, synthetic_batch
 
 
 def test_backbone_shapes_and_dynamic_size(tiny_backbone):
@@ -157,7 +158,8 @@ def test_losses():
 
 
 def test_no_weight_decay_on_norms_biases_embeddings(tiny_deltatok):
-    decay, no_decay = param_groups(tiny_deltatok, 0.1)
+    decay, no_decay = param_groups(tiny_deltatok)
+    assert "weight_decay" not in decay and no_decay["weight_decay"] == 0.0  # decay: the optimizer's own
     decay_ids = {id(p) for p in decay["params"]}
     named = dict(tiny_deltatok.named_parameters())
     assert id(named["encoder_blocks.0.attention.q_proj.weight"]) in decay_ids
@@ -168,7 +170,7 @@ def test_no_weight_decay_on_norms_biases_embeddings(tiny_deltatok):
 
 
 def test_frozen_backbone_gets_no_gradient_and_stays_in_eval(tiny_backbone, tiny_deltatok):
-    module = TokenizerModule(backbone=tiny_backbone, deltatok=tiny_deltatok, rope_rescale=2.0)
+    module = TokenizerModule(backbone=tiny_backbone, deltatok=tiny_deltatok, rope_rescale=2.0, **OPTIMIZATION)
     module.train()
     assert not tiny_backbone.training and not any(m.training for m in tiny_backbone.modules())
     assert tiny_deltatok.training

@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train
 from hydra import compose, initialize_config_module
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from deltaworld.cli import main as cli_main
-from deltaworld.train import run_training
 from deltaworld.tokenizer.checkpoint import load_tokenizer
+from deltaworld.tokenizer.fit import run_training
+
+from conftest import compose_train
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny, fast, quiet: 2x2 patch grid, 3-frame clips
@@ -61,7 +62,7 @@ def test_every_preset_composes(tmp_path):
     paper = compose_train(["experiment=paper", "++data.root=/videos"], tmp_path)
     effective = paper.data.batch_size * paper.trainer.accumulate_grad_batches * paper.trainer.devices
     assert effective == 1024 and paper.backbone.name == "vit_base_patch14_dinov2"
-    assert paper.module.lr == 1e-3 and paper.trainer.gradient_clip_val == 1e-2
+    assert paper.module.optimizer.lr == 1e-3 and paper.trainer.gradient_clip_val == 1e-2
     with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         demo = compose(config_name="demo", overrides=["out_dir=/tmp/x", "run_dir=/tmp/x"])
         assert demo.backbone.arch.depth == 2  # the cpu_demo preset is applied

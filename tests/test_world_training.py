@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from test_training import FAST, cli
 
 from deltaworld.data.token_cache import StaleCacheError, read_token_cache, write_token_cache
-from deltaworld.train import run_training
+from deltaworld.tokenizer.fit import run_training
 from deltaworld.worldmodel.checkpoint import load_world
 
 # 6-frame clips: context 2 + horizon up to 3 in validation
@@ -98,3 +98,9 @@ def test_world_stage_keeps_backbone_and_tokenizer_frozen(tmp_path, tokenizer_ckp
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, frozen, strict=True))
     assert all(p.grad is None for p in frozen)
+
+
+def test_world_export_records_the_frame_size_it_trained_at(tmp_path, tokenizer_ckpt):
+    overrides = [*WORLD_FAST, f"tokenizer_ckpt={tokenizer_ckpt}", "trainer.max_steps=1", "frame_size=42"]
+    export = run_training(compose_train(overrides, tmp_path / "run"))
+    assert load_world(export)[3]["frame_size"] == 42  # not the tokenizer's 28

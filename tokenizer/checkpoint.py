@@ -77,10 +77,27 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    with unreadable_as_value_error(path):
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+
+
+@contextmanager
+def unreadable_as_value_error(path: str | os.PathLike) -> Iterator[None]:
+    """A file that does not deserialise (empty, truncated, another format) as one ValueError naming
+    it; the readers raise a different error type for each way a file can be damaged."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError):
+        raise
+    except Exception as e:
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        raise ValueError(
+            f"{path} ({size} bytes) does not read as a model file: it is empty, truncated or of another format "
+            f"({type(e).__name__}: {str(e)[:200]})"
+        ) from e
 
 
 def checkpoint_keys(path: str | os.PathLike) -> list[str]:
@@ -99,9 +116,12 @@ def checkpoint_keys(path: str | os.PathLike) -> list[str]:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
+    """The JSON metadata of a safetensors file (data only: `tokenizer.schema` says what may build from it)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with unreadable_as_value_error(path), safe_open(str(path), framework="pt") as f:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
@@ -112,18 +132,18 @@ def strip_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu"):
     """Frozen (backbone, DeltaTok) from a file written by `deltaworld train`: a tokenizer export, or a
-    world-model export (which carries its tokenizer under `deltatok.`). The config is embedded."""
-    from hydra.utils import instantiate
+    world-model export (which carries its tokenizer under `deltatok.`). The configs are embedded, and
+    checked against the builders of `tokenizer.schema` before anything is built."""
+    # imported here: the schema imports the models, whose modules import this one
+    from deltaworld.tokenizer.schema import BACKBONE, DELTATOK, checked_config, expect_kind
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer checkpoint not found: {path}")
     meta = read_metadata(path)
-    if "backbone" not in meta or "tokenizer" not in meta:
-        raise ValueError(f"{path} carries no tokenizer config; export it with `deltaworld train`")
-    backbone = instantiate(meta["backbone"])
-    deltatok = instantiate(meta["tokenizer"])(dim=backbone.dim, num_heads=backbone.num_heads)
-    weights = load_file(str(path))
-    deltatok.load_state_dict(strip_prefix(weights, "deltatok.") if "world" in meta else weights)
+    kind = expect_kind(path, meta, ("tokenizer", "world"), "deltaworld train experiment=cpu_demo")
+    backbone_args = checked_config(path, meta, "backbone", BACKBONE)
+    deltatok_args = checked_config(path, meta, "tokenizer", DELTATOK)
+    backbone = BACKBONE.fn(**backbone_args)
+    deltatok = DELTATOK.fn(**deltatok_args, dim=backbone.dim, num_heads=backbone.num_heads)
+    weights = load_weights(path)
+    deltatok.load_state_dict(strip_prefix(weights, "deltatok.") if kind == "world" else weights)
     deltatok.requires_grad_(False).eval()
     return backbone.to(device), deltatok.to(device)

@@ -1,18 +1,39 @@
 """LightningModule that trains DeltaTok on frozen backbone features."""
 
+import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from deltaworld.tokenizer.backbone import Backbone
 from deltaworld.tokenizer.blocks import Block
+from deltaworld.tokenizer.checkpoint import load_weights, strip_prefix
 from deltaworld.tokenizer.deltatok import DeltaTok
 from deltaworld.tokenizer.losses import feature_loss
-from deltaworld.tokenizer.training import compile_blocks, configure_adamw, step_generator
+from deltaworld.tokenizer.schema import stamp
+from deltaworld.tokenizer.training import (
+    check_state_dict,
+    compile_blocks,
+    param_groups,
+    step_generator,
+)
+
+log = logging.getLogger(__name__)
+
+# What every stage's `optimizer` and `scheduler` arguments are: Hydra partials (conf/optimizer/,
+# conf/scheduler/) that the base completes with the stage's parameter groups and optimizer.
+OptimizerFactory = Callable[[list[dict]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], LRScheduler]
+# arguments no stage saves as hyperparameters: partials are not plain data, and checkpoints must load
+# with torch.load(weights_only=True); the run's config.yaml records them
+FACTORY_ARGS = ("optimizer", "scheduler")
 
 
 def to_plain(obj):
@@ -27,13 +48,60 @@ def to_plain(obj):
 
 
 class FrozenBackboneModule(L.LightningModule):
-    """Base for stages that train on top of a frozen backbone.
+    """Base of every training stage: one submodule (`trainable()`) trains on top of frozen ones.
 
-    The backbone is never written to checkpoints (it is reproducible from its own config and
-    weights file) and is re-filled from the live module on load.
+    The frozen modules are never written to checkpoints (they are reproducible from their own config
+    and weights file) and are re-filled from the live module on load. The optimizer (weight decay
+    on weight matrices only) and its per-step schedule are built here for every stage, from the
+    `optimizer` and `scheduler` partials, and `load_initial_weights` starts a fine-tune.
     """
 
     frozen_modules: tuple[str, ...] = ("backbone",)
+
+    def __init__(self, *, optimizer: OptimizerFactory, scheduler: SchedulerFactory) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    def trainable(self) -> nn.Module:
+        """The submodule this stage trains: the only parameters the optimizer sees, and what
+        `init_from` fills."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(param_groups(self.trainable()))
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def load_initial_weights(self, path: str | os.PathLike) -> None:
+        """Fine-tune from `path` (`init_from=`): fill `trainable()` from a Lightning .ckpt or an export,
+        strictly (a ValueError names the file and lists missing/unexpected keys and shape mismatches).
+        Only the file's tensors are read. The run itself starts fresh: step 0, new optimizer and schedule.
+
+        Where the weights sit: under `<attribute>.` (e.g. `deltatok.`, `world.`, `tokenizer.`) in a
+        .ckpt and in an export that bundles several modules (a world export carries `world.` and
+        `deltatok.`, a pixel world export `world.` and `tokenizer.`); at the top level in an export of
+        this module alone (a tokenizer export). So a world export also fine-tunes the tokenizer stage.
+
+        Frame size may change: DeltaTok's, DeltaWorld's and the pixel codec's positions are RoPE
+        coordinates (no learned position table), so their weights load at any frame size unchanged; the
+        frozen backbone resamples its own position embeddings and comes from its own config, not from
+        here. (The `patches` token space has one learned slot per patch: its world model fits one grid.)
+        """
+        module = self.trainable()
+        name = next(n for n, child in self.named_children() if child is module)
+        weights = load_weights(path)
+        prefix = f"{name}."
+        if any(k.startswith(prefix) for k in weights):
+            for frozen in self.frozen_modules:  # weights trained on other frozen parts start far off
+                stored = strip_prefix(weights, f"{frozen}.")
+                live = getattr(self, frozen).state_dict()
+                if stored and any(k not in live or not torch.equal(v, live[k]) for k, v in stored.items()):
+                    log.warning("init_from %s: its %s differs from this run's (frozen) one", path, frozen)
+            weights = strip_prefix(weights, prefix)
+        check_state_dict(module, weights, source=str(path))
+        module.load_state_dict(weights)
+        log.info("init_from %s: %s weights loaded; fresh optimizer and schedule from step 0", path, name)
 
     @property
     def frozen_prefixes(self) -> tuple[str, ...]:
@@ -64,19 +132,17 @@ class TokenizerModule(FrozenBackboneModule):
         *,
         backbone: Backbone,
         deltatok: DeltaTok | Callable[..., DeltaTok],
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
         loss: str = "log_cosh",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
-        warmup_steps: int = 5000,
-        betas: Sequence[float] = (0.9, 0.999),
         rope_rescale: float = 2.0,
         train_first_frame: bool = False,
         eval_horizons: Sequence[int] = (1, 3),
         seed: int = 0,
         compile: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "deltatok"])
+        super().__init__(optimizer=optimizer, scheduler=scheduler)
+        self.save_hyperparameters(ignore=["backbone", "deltatok", *FACTORY_ARGS])
         self.backbone = backbone
         if not isinstance(deltatok, nn.Module):  # a Hydra partial: width comes from the backbone
             deltatok = deltatok(dim=backbone.dim, num_heads=backbone.num_heads)
@@ -85,12 +151,8 @@ class TokenizerModule(FrozenBackboneModule):
             compile_blocks(deltatok, Block)
         self.criterion = feature_loss(loss)
 
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_adamw(
-            self.deltatok, lr=hp.lr, weight_decay=hp.weight_decay,
-            warmup_steps=hp.warmup_steps, betas=hp.betas,
-        )
+    def trainable(self) -> DeltaTok:
+        return self.deltatok
 
     def features(self, frames: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor]:
         """frames (B, T, 3, H, W) -> feats (B, T, N, D), grid, black-frame feats (N, D)."""
@@ -136,4 +198,4 @@ class TokenizerModule(FrozenBackboneModule):
     @staticmethod
     def export_metadata(cfg: dict) -> dict:
         """What `load_tokenizer` needs to rebuild backbone + DeltaTok from the exported file."""
-        return {"backbone": cfg["backbone"], "tokenizer": cfg["tokenizer"], "frame_size": cfg["frame_size"]}
+        return stamp("tokenizer", {k: cfg[k] for k in ("backbone", "tokenizer", "frame_size")})

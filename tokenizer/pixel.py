@@ -260,18 +260,14 @@ class PixelDeltaToken(nn.Module):
 
 def load_pixel_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[PixelDeltaToken, dict]:
     """Frozen tokenizer and its metadata from a file written by `deltaworld train experiment=pixel_*`
-    (or a pixel world-model export, which carries it under `tokenizer.`)."""
-    from hydra.utils import instantiate
-    from safetensors.torch import load_file
+    (or a pixel world-model export, which carries it under `tokenizer.`); its config is checked
+    against `tokenizer.schema` before anything is built."""
+    from deltaworld.tokenizer.checkpoint import load_weights, read_metadata, strip_prefix
+    from deltaworld.tokenizer.schema import PIXEL_TOKENIZER, checked_config, expect_kind
 
-    from deltaworld.tokenizer.checkpoint import read_metadata, strip_prefix
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pixel tokenizer checkpoint not found: {path}")
     meta = read_metadata(path)
-    if meta.get("kind") not in ("pixel_tokenizer", "pixel_world"):
-        raise ValueError(f"{path} is not a pixel DeltaToken export (train one with `deltaworld train experiment=pixel_cpu`)")
-    model = instantiate(meta["tokenizer"])
-    weights = load_file(str(path))
-    model.load_state_dict(strip_prefix(weights, "tokenizer.") if meta["kind"] == "pixel_world" else weights)
+    kind = expect_kind(path, meta, ("pixel_tokenizer", "pixel_world"), "deltaworld train experiment=pixel_cpu")
+    model = PIXEL_TOKENIZER.fn(**checked_config(path, meta, "tokenizer", PIXEL_TOKENIZER))
+    weights = load_weights(path)
+    model.load_state_dict(strip_prefix(weights, "tokenizer.") if kind == "pixel_world" else weights)
     return model.requires_grad_(False).eval().to(device), meta

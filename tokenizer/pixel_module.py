@@ -1,16 +1,20 @@
 """LightningModule that trains the pixel DeltaToken: deterministic decoder by reconstruction loss,
 diffusion decoder by a flow-matching loss, both on closed-loop codec steps."""
 
-from collections.abc import Sequence
-
 import torch
 
 from deltaworld.tokenizer.blocks import Block
 from deltaworld.tokenizer.losses import feature_loss
-from deltaworld.tokenizer.module import FrozenBackboneModule
+from deltaworld.tokenizer.module import (
+    FACTORY_ARGS,
+    FrozenBackboneModule,
+    OptimizerFactory,
+    SchedulerFactory,
+)
 from deltaworld.tokenizer.pixel import PixelDeltaToken, to_unit
 from deltaworld.tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame
-from deltaworld.tokenizer.training import compile_blocks, configure_adamw, step_generator
+from deltaworld.tokenizer.schema import stamp
+from deltaworld.tokenizer.training import compile_blocks, step_generator
 
 
 class PixelTokenizerModule(FrozenBackboneModule):
@@ -24,26 +28,23 @@ class PixelTokenizerModule(FrozenBackboneModule):
         self,
         *,
         tokenizer: PixelDeltaToken,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
         loss: str = "mse",
         diffusion_weight: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-2,
-        warmup_steps: int = 1000,
-        betas: Sequence[float] = (0.9, 0.999),
         eval_diffusion_steps: int = 4,
         seed: int = 0,
         compile: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer"])
+        super().__init__(optimizer=optimizer, scheduler=scheduler)
+        self.save_hyperparameters(ignore=["tokenizer", *FACTORY_ARGS])
         self.tokenizer = tokenizer
         if compile:
             compile_blocks(tokenizer, Block)
         self.criterion = feature_loss(loss)
 
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_adamw(self.tokenizer, lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps, betas=hp.betas)
+    def trainable(self) -> PixelDeltaToken:
+        return self.tokenizer
 
     def clip_losses(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """uint8 frames (B, T, 3, H, W) -> {"recon": ..., "diffusion": ...} averaged over frames."""
@@ -120,4 +121,4 @@ class PixelTokenizerModule(FrozenBackboneModule):
     @staticmethod
     def export_metadata(cfg: dict) -> dict:
         """What `load_pixel_tokenizer` needs: the tokenizer config and the training frame size."""
-        return {"kind": "pixel_tokenizer", "tokenizer": cfg["tokenizer"], "frame_size": cfg["frame_size"]}
+        return stamp("pixel_tokenizer", {"tokenizer": cfg["tokenizer"], "frame_size": cfg["frame_size"]})

@@ -3,7 +3,7 @@
 import hashlib
 import json
 import logging
-from pathlib import Path
+import math
 
 import lightning as L
 import torch
@@ -11,13 +11,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from deltaworld.tokenizer.checkpoint import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 NO_DECAY_TYPES = (nn.LayerNorm, nn.Embedding, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices only: norms, biases, embeddings and layer scales are exempt."""
+def param_groups(model: nn.Module) -> list[dict]:
+    """Trainable parameters in two optimizer groups: weight matrices take the optimizer's own weight
+    decay; norms, biases, embeddings and layer scales are exempt (weight decay 0)."""
     decay, no_decay = [], []
     for module in model.modules():
         for param in module.parameters(recurse=False):
@@ -25,24 +28,46 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 continue
             exempt = isinstance(module, NO_DECAY_TYPES) or param.ndim < 2
             (no_decay if exempt else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
+def warmup_constant(optimizer: torch.optim.Optimizer, *, warmup_steps: int) -> LambdaLR:
     """Linear warmup from 0 to the base LR over `warmup_steps`, then constant."""
     return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
 
 
-def configure_adamw(
-    model: nn.Module, *, lr: float, weight_decay: float, warmup_steps: int, betas=(0.9, 0.999)
-) -> dict:
-    """Lightning `configure_optimizers` result: AdamW + per-step warmup-constant schedule."""
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas))
-    scheduler = warmup_constant(optimizer, warmup_steps)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float) -> LambdaLR:
+    """Linear warmup over `warmup_steps`, then cosine decay to `min_ratio` x the base LR at `total_steps`."""
+    if total_steps <= warmup_steps:
+        raise ValueError(f"a cosine schedule needs total_steps > warmup_steps, got {total_steps} <= {warmup_steps} "
+                         "(set trainer.max_steps)")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def check_state_dict(module: nn.Module, weights: dict[str, torch.Tensor], *, source: str) -> None:
+    """Raise a ValueError naming `source` unless `weights` fits `module` exactly: it lists the missing
+    and unexpected keys and the shape mismatches (the first few of each, with counts)."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    mismatched = [
+        f"{k} {tuple(weights[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items() if k in weights and weights[k].shape != v.shape
+    ]
+    problems = [
+        f"{len(items)} {label}: {', '.join(items[:10])}{', ...' if len(items) > 10 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches (file != model)", mismatched))
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{source} does not fit the {type(module).__name__} of this run: " + "; ".join(problems))
 
 
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -92,7 +117,6 @@ class RankSyncCheck(L.Callback):
         gathered = trainer.strategy.all_gather(local).reshape(-1, len(digest))  # (world, 32)
         digests = [bytes(row.tolist()).hex() for row in gathered.cpu()]
         if trainer.is_global_zero:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            Path(self.path).write_text(json.dumps({"digests": digests}, indent=1))
+            atomic_write_text(self.path, json.dumps({"digests": digests}, indent=1))
         if len(set(digests)) != 1:
             raise RuntimeError(f"DDP ranks ended with different weights: {digests}")

@@ -7,17 +7,23 @@ generation). Conditioning on given actions writes them into the action channels 
 frame before it becomes context (`DeltaWorld.rollout(feedback=...)`).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from einops import repeat
 from torch import nn
 
 from deltaworld.tokenizer.losses import feature_loss
-from deltaworld.tokenizer.module import FrozenBackboneModule
+from deltaworld.tokenizer.module import (
+    FACTORY_ARGS,
+    FrozenBackboneModule,
+    OptimizerFactory,
+    SchedulerFactory,
+)
 from deltaworld.tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to_unit
 from deltaworld.tokenizer.pixel_metrics import psnr_per_frame
-from deltaworld.tokenizer.training import compile_blocks, configure_adamw, step_generator
+from deltaworld.tokenizer.schema import stamp
+from deltaworld.tokenizer.training import compile_blocks, step_generator
 from deltaworld.worldmodel.deltaworld import DeltaWorld, LossFn
 from deltaworld.worldmodel.predictor import PredictorBlock
 
@@ -93,22 +99,20 @@ class ActionWorldModule(FrozenBackboneModule):
         *,
         tokenizer_ckpt: str,
         world: DeltaWorld | Callable[..., DeltaWorld],
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
         action_dim: int = 2,
         action_weight: float = 0.1,
         num_hypotheses: int = 16,
         eval_samples: int = 4,
         loss: str = "smooth_l1",
         loss_beta: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 0.05,
-        warmup_steps: int = 100,
-        betas: Sequence[float] = (0.9, 0.999),
         eval_context: int = 3,
         seed: int = 0,
         compile: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["world"])
+        super().__init__(optimizer=optimizer, scheduler=scheduler)
+        self.save_hyperparameters(ignore=["world", *FACTORY_ARGS])
         if tokenizer_ckpt is None:
             raise ValueError("the action world model needs a pixel tokenizer: pass tokenizer_ckpt=<tokenizer.safetensors>")
         self.tokenizer, self.tokenizer_metadata = load_pixel_tokenizer(tokenizer_ckpt)
@@ -125,9 +129,8 @@ class ActionWorldModule(FrozenBackboneModule):
             compile_blocks(self.world, PredictorBlock)
         self.criterion = channel_weighted(feature_loss(loss, beta=loss_beta), tok.token_dim, action_weight)
 
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_adamw(self.world, lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps, betas=hp.betas)
+    def trainable(self) -> DeltaWorld:
+        return self.world
 
     def batch_actions(self, batch: dict) -> torch.Tensor:
         if "actions" not in batch:
@@ -175,11 +178,11 @@ class ActionWorldModule(FrozenBackboneModule):
         return nn.ModuleDict({"world": self.world, "tokenizer": self.tokenizer})
 
     def export_metadata(self, cfg: dict) -> dict:
-        return {
-            "kind": "pixel_world",
+        """A pixel world export: `load_pixel_tokenizer` reads its tokenizer; the world config and token shape."""
+        return stamp("pixel_world", {
             "tokenizer": self.tokenizer_metadata["tokenizer"],
-            "frame_size": self.tokenizer_metadata["frame_size"],
+            "frame_size": cfg["frame_size"],  # the size this stage trained at (the codec is resolution-free)
             "world": cfg["world"],
             "token_shape": [self.world.tokens_per_frame, self.world.token_dim],
             "action_dim": self.hparams.action_dim,
-        }
+        })

@@ -5,15 +5,32 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from safetensors.torch import load_file
 from torch import nn
 
 from deltaworld.tokenizer.backbone import Backbone
-from deltaworld.tokenizer.checkpoint import export_safetensors, load_tokenizer, read_metadata, strip_prefix
+from deltaworld.tokenizer.checkpoint import (
+    export_safetensors,
+    load_tokenizer,
+    load_weights,
+    read_metadata,
+    strip_prefix,
+)
 from deltaworld.tokenizer.deltatok import DeltaTok
+from deltaworld.tokenizer.schema import (
+    Builder,
+    checked_config,
+    checked_field,
+    expect_kind,
+    legacy,
+    stamp,
+)
 from deltaworld.worldmodel.deltaworld import DeltaWorld
 from deltaworld.worldmodel.spaces import DeltaTokens, PatchTokens, build_space
+
+# the builder of an export's `world` field; the token space gives its token width and count
+WORLD = Builder(
+    DeltaWorld, supplied=("token_dim", "tokens_per_frame"), legacy_targets=legacy("worldmodel.deltaworld.DeltaWorld")
+)
 
 
 def build_world(
@@ -30,19 +47,17 @@ def load_world(
     path: str | os.PathLike, device: torch.device | str = "cpu"
 ) -> tuple[Backbone, DeltaTokens | PatchTokens, DeltaWorld, dict]:
     """Frozen (backbone, token space, world model, metadata) from a world-model export of
-    `deltaworld train` (self-contained: it carries its tokenizer)."""
-    backbone, deltatok = load_tokenizer(path, device)
+    `deltaworld train` (self-contained: it carries its tokenizer), every config checked before anything is built."""
     meta = read_metadata(path)
-    if "world" not in meta:
-        raise ValueError(
-            f"{path} is a tokenizer checkpoint, not a world model; train one with "
-            f"`deltaworld train experiment=world_cpu_demo tokenizer_ckpt={path}`"
-        )
-    tokens_per_frame, token_dim = meta["token_shape"]
-    world = instantiate(meta["world"])(token_dim=token_dim, tokens_per_frame=tokens_per_frame)
-    world.load_state_dict(strip_prefix(load_file(str(path)), "world."))
+    expect_kind(path, meta, ("world",), "deltaworld train experiment=world_cpu_demo tokenizer_ckpt=<tokenizer export>")
+    world_args = checked_config(path, meta, "world", WORLD)
+    tokens_per_frame, token_dim = checked_field(path, meta, "token_shape", tuple[int, int])
+    space = checked_field(path, meta, "space", str)
+    backbone, deltatok = load_tokenizer(path, device)
+    world = WORLD.fn(**world_args, token_dim=token_dim, tokens_per_frame=tokens_per_frame)
+    world.load_state_dict(strip_prefix(load_weights(path), "world."))
     world.requires_grad_(False).eval()
-    return backbone, build_space(meta["space"], deltatok), world.to(device), meta
+    return backbone, build_space(space, deltatok), world.to(device), meta
 
 
 def world_export(world: DeltaWorld, deltatok: DeltaTok) -> nn.Module:
@@ -53,12 +68,12 @@ def world_export(world: DeltaWorld, deltatok: DeltaTok) -> nn.Module:
 def world_export_metadata(world: DeltaWorld, *, tokenizer_metadata: dict, world_config: dict, space: str) -> dict:
     """What `load_world` needs: the tokenizer export's metadata (backbone, tokenizer, frame_size,
     ...) + the world config, the token space name and the token shape."""
-    return {
+    return stamp("world", {
         **tokenizer_metadata,
         "world": world_config,
         "space": space,
         "token_shape": [world.tokens_per_frame, world.token_dim],
-    }
+    })
 
 
 def export_world(

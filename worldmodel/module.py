@@ -7,8 +7,13 @@ from torch import nn
 
 from deltaworld.tokenizer.checkpoint import load_tokenizer, read_metadata
 from deltaworld.tokenizer.losses import feature_loss
-from deltaworld.tokenizer.module import FrozenBackboneModule
-from deltaworld.tokenizer.training import compile_blocks, configure_adamw, parameter_digest, step_generator
+from deltaworld.tokenizer.module import (
+    FACTORY_ARGS,
+    FrozenBackboneModule,
+    OptimizerFactory,
+    SchedulerFactory,
+)
+from deltaworld.tokenizer.training import compile_blocks, parameter_digest, step_generator
 from deltaworld.worldmodel.checkpoint import build_world, world_export, world_export_metadata
 from deltaworld.worldmodel.deltaworld import DeltaWorld
 from deltaworld.worldmodel.predictor import PredictorBlock
@@ -26,30 +31,31 @@ class WorldModule(FrozenBackboneModule):
         self,
         *,
         tokenizer_ckpt: str,
+        frame_size: int | None = None,
         world: DeltaWorld | Callable[..., DeltaWorld],
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory,
         space: str = "delta",
         num_hypotheses: int = 256,
         eval_samples: int = 20,
         loss: str = "smooth_l1",
         loss_beta: float = 0.1,
-        lr: float = 1e-4,
-        weight_decay: float = 0.4,
-        warmup_steps: int = 5000,
-        betas: Sequence[float] = (0.9, 0.999),
         eval_context: int = 4,
         eval_horizons: Sequence[int] = (1, 3),
         seed: int = 0,
         compile: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["world"])
+        super().__init__(optimizer=optimizer, scheduler=scheduler)
+        self.save_hyperparameters(ignore=["world", *FACTORY_ARGS])
         if tokenizer_ckpt is None:
             raise ValueError("the world-model stage needs a trained tokenizer: pass tokenizer_ckpt=<tokenizer.safetensors>")
         self.backbone, self.deltatok = load_tokenizer(tokenizer_ckpt)
         self.tokenizer_metadata = read_metadata(tokenizer_ckpt)
         self.space = build_space(space, self.deltatok)
-        frame_size = self.tokenizer_metadata["frame_size"]
-        grid = self.backbone.grid(frame_size, frame_size)
+        # the size this stage trains at (DeltaTok's RoPE is resolution-free, so it may differ from the
+        # tokenizer's); the export records it, since it is the size the world model knows
+        self.frame_size = frame_size or self.tokenizer_metadata["frame_size"]
+        grid = self.backbone.grid(self.frame_size, self.frame_size)
         self.world = build_world(world, self.space, num_patches=grid[0] * grid[1], feature_dim=self.backbone.dim)
         if self.world.deterministic and num_hypotheses != 1:
             raise ValueError(f"a deterministic world model trains with num_hypotheses=1, got {num_hypotheses}")
@@ -57,9 +63,8 @@ class WorldModule(FrozenBackboneModule):
             compile_blocks(self.world, PredictorBlock)
         self.criterion = feature_loss(loss, beta=loss_beta)
 
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_adamw(self.world, lr=hp.lr, weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps, betas=hp.betas)
+    def trainable(self) -> DeltaWorld:
+        return self.world
 
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -118,5 +123,6 @@ class WorldModule(FrozenBackboneModule):
 
     def export_metadata(self, cfg: dict) -> dict:
         """What `load_world` needs to rebuild backbone, DeltaTok, token space and DeltaWorld."""
-        tokenizer_metadata = {k: self.tokenizer_metadata[k] for k in ("backbone", "tokenizer", "frame_size")}
+        tokenizer_metadata = {k: self.tokenizer_metadata[k] for k in ("backbone", "tokenizer")}
+        tokenizer_metadata["frame_size"] = self.frame_size
         return world_export_metadata(self.world, tokenizer_metadata=tokenizer_metadata, world_config=cfg["world"], space=self.space.name)
