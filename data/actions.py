@@ -13,7 +13,9 @@ import torch
 from deltaworld.data.synthetic import render_scene, sample_scene
 
 
-def agent_path(rng: np.random.Generator, actions: np.ndarray, size: np.ndarray, half: float, max_step: float) -> np.ndarray:
+def agent_path(
+    rng: np.random.Generator, actions: np.ndarray, size: np.ndarray, half: float, max_step: float
+) -> np.ndarray:
     """Agent centres (T, 2) in pixels (x, y): a random start, then one action-driven move per
     frame, clamped so the agent stays inside the frame."""
     lo, hi = half, size - half

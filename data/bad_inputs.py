@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 BAD_INPUTS_FILE = "bad_inputs.jsonl"
 
+
 class BadInputs:
     """Counts and lists skipped inputs of one process (or DataLoader worker)."""
 

@@ -58,11 +58,19 @@ def bench_data() -> Iterator[str]:
         datasets = {
             "raw files (mp4)": lambda: ClipStream(VideoFolderSource(tmp / "raw", **CLIP), batch_size=BATCH, seed=0),
             "shards of mp4 bytes": lambda: ShardSource(str(tmp / "video"), shuffle_buffer=4, **CLIP).stream(seed=0),
-            "shards of JPEG frames (256 px)": lambda: ShardSource(str(tmp / "jpeg"), shuffle_buffer=4, **CLIP).stream(seed=0),
+            "shards of JPEG frames (256 px)": lambda: ShardSource(str(tmp / "jpeg"), shuffle_buffer=4, **CLIP).stream(
+                seed=0
+            ),
         }
         sizes = [raw_bytes, manifests["video"]["bytes_per_sample"], manifests["jpeg"]["bytes_per_sample"]]
-        yield f"data loading: {NUM_VIDEOS} generated videos of {SECONDS} s at {FPS} fps, {WIDTH}x{HEIGHT}; decoder {decoder}"
-        yield f"clips of {CLIP['num_frames']} frames at {CLIP['height']} px with augmentation, batch {BATCH}, {os.cpu_count()} CPUs"
+        yield (
+            f"data loading: {NUM_VIDEOS} generated videos of {SECONDS} s at {FPS} fps, {WIDTH}x{HEIGHT}; "
+            f"decoder {decoder}"
+        )
+        yield (
+            f"clips of {CLIP['num_frames']} frames at {CLIP['height']} px with augmentation, batch {BATCH}, "
+            f"{os.cpu_count()} CPUs"
+        )
         yield f"{'format':<32}{'bytes/video':>12}{'clips/s w=0':>13}{'clips/s w=2':>13}"
         for (name, make), size in zip(datasets.items(), sizes, strict=True):
             rates = [clips_per_second(make(), workers) for workers in (0, 2)]

@@ -20,8 +20,27 @@ from deltaworld.data.frame_datasets import FrameClips, clip_numbers, read_label
 from deltaworld.data.labelled import IGNORE_INDEX
 
 # official label id -> train id (cityscapesScripts' labels.py)
-TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-             25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+TRAIN_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 LABEL_TO_TRAIN = np.full(256, IGNORE_INDEX, dtype=np.int64)
 LABEL_TO_TRAIN[list(TRAIN_IDS)] = list(TRAIN_IDS.values())
 

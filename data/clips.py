@@ -123,7 +123,9 @@ class ClipSampler:
             raise BadClipError(str(e)) from e
         return {"frames": self.transform(frames, rng), "timestamps": true_times - true_times[0]}
 
-    def middle(self, media: Media, *, info: MediaInfo | None = None, name: str | None = None) -> dict[str, torch.Tensor]:
+    def middle(
+        self, media: Media, *, info: MediaInfo | None = None, name: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """The deterministic evaluation clip; errors (VideoDecodeError, BadClipError) name the input."""
         label = media_label(media, name)
         info = info or probe_media(media, name=name)

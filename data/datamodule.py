@@ -115,8 +115,15 @@ class ClipDataModule(L.LightningDataModule):
 
     def train_stream(self, position: dict) -> IterableDataset:
         if isinstance(self.cached, list):  # a shard cache: streamed, resumes on a fresh stream
-            return ShardStream(self.cached, decode_cached, seed=self.seed, start=position["start_batch"], bad_inputs=self.bad_inputs,
-                               rank=position["rank"], world_size=position["world_size"])
+            return ShardStream(
+                self.cached,
+                decode_cached,
+                seed=self.seed,
+                start=position["start_batch"],
+                bad_inputs=self.bad_inputs,
+                rank=position["rank"],
+                world_size=position["world_size"],
+            )
         if self.cached is not None:
             return CachedClipStream(self.cached, **position)
         return ClipStream(self.source, bad_inputs=self.bad_inputs, **position)

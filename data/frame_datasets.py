@@ -53,7 +53,14 @@ class FrameClips(Dataset):
     depth_range: tuple[float, float] | None = None
 
     def __init__(
-        self, *, root: str | os.PathLike, split: str, frame_size: int, fps: float, clips: bool | None, max_aspect: float = 2.0
+        self,
+        *,
+        root: str | os.PathLike,
+        split: str,
+        frame_size: int,
+        fps: float,
+        clips: bool | None,
+        max_aspect: float = 2.0,
     ) -> None:
         self.root, self.split = Path(root), check_split(split)
         if not self.root.is_dir():
@@ -72,8 +79,10 @@ class FrameClips(Dataset):
         return len(self.samples)
 
     def __repr__(self) -> str:  # stable across runs: part of token-cache fingerprints
-        return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, frame_size={self.frame_size}, "
-                f"clips={self.clips}, samples={len(self)})")
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, frame_size={self.frame_size}, "
+            f"clips={self.clips}, samples={len(self)})"
+        )
 
     def crop(self, array: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Crop applied alike to frames (..., H, W) and labels (H, W); none by default."""

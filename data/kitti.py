@@ -71,7 +71,9 @@ class KITTI(FrameClips):
                 numbers = clip_numbers(last, length, stride)
                 if numbers[0] >= 0:
                     self.samples.append(self._sample(date, drive, numbers, depth_dir))
-            self._require_samples(f"<drive>/proj_depth/groundtruth/image_02 under train/ or val/ for the drives of {split_file}")
+            self._require_samples(
+                f"<drive>/proj_depth/groundtruth/image_02 under train/ or val/ for the drives of {split_file}"
+            )
         else:
             test_drives = {image.split("/")[1] for image, *_ in test_frames}
             for depth_dir in sorted((self.root / "train").glob("*/proj_depth/groundtruth/image_02")):

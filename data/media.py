@@ -62,7 +62,7 @@ def load_image(image: str | os.PathLike | bytes, name: str | None = None) -> tor
 
 def probe_fps(ts: np.ndarray) -> float:
     """Average rate of frames shown at times `ts` (1 for a single frame)."""
-    return float (len(ts) - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else 1.0
+    return float(len(ts) - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else 1.0
 
 
 def probe_media(media: Media, *, name: str | None = None) -> MediaInfo:
@@ -99,7 +99,9 @@ def read_media(
     req = np.asarray(timestamps, dtype=np.float64)
     ts = media.timestamps
     if req.max() > ts[-1] + 1 / probe_fps(ts) + PTS_EPS:
-        raise VideoDecodeError(f"{media.name}: requested time {req.max():.3f} s is beyond the last frame ({ts[-1]:.3f} s)")
+        raise VideoDecodeError(
+            f"{media.name}: requested time {req.max():.3f} s is beyond the last frame ({ts[-1]:.3f} s)"
+        )
     index = np.clip(np.searchsorted(ts, req + PTS_EPS, side="right") - 1, 0, len(ts) - 1)
     images = {i: load_image(media.frames[i], _frame_name(media, i)) for i in np.unique(index)}
     shapes = {tuple(im.shape) for im in images.values()}

@@ -51,7 +51,9 @@ def resolve_urls(spec: str | Sequence[str]) -> list[str]:
     return urls
 
 
-def slot_positions(num_shards: int, slot: int, slots: int, *, seed: int, shuffle: bool, infinite: bool) -> Iterator[tuple[int, int]]:
+def slot_positions(
+    num_shards: int, slot: int, slots: int, *, seed: int, shuffle: bool, infinite: bool
+) -> Iterator[tuple[int, int]]:
     """(epoch, shard index) read by reader `slot` of `slots` (see the module doc)."""
     p, perm, perm_epoch = slot, None, -1
     while infinite or p < num_shards:
@@ -112,7 +114,9 @@ class ShardStream(IterableDataset):
         return "train" if self.infinite else "validation"
 
     def _raw(self, slot: int, slots: int, bad: BadInputs) -> Iterator[tuple[int, dict]]:
-        positions = slot_positions(len(self.urls), slot, slots, seed=self.seed, shuffle=self.shuffle, infinite=self.infinite)
+        positions = slot_positions(
+            len(self.urls), slot, slots, seed=self.seed, shuffle=self.shuffle, infinite=self.infinite
+        )
         for epoch, shard in positions:
             url = self.urls[shard]
             for sample in tarfile_samples([{"url": url}], handler=self._shard_error_handler(url, bad)):
@@ -126,7 +130,9 @@ class ShardStream(IterableDataset):
 
         def handle(error: Exception) -> bool:
             nonlocal reported
-            reason = f"{url}: unreadable shard, rest skipped ({type(error).__name__}: {error.args[0] if error.args else ''})"
+            reason = (
+                f"{url}: unreadable shard, rest skipped ({type(error).__name__}: {error.args[0] if error.args else ''})"
+            )
             if not self.skip_bad:
                 raise BadClipError(reason) from error
             if not reported:  # webdataset reports one failure at each level of its reader
@@ -179,8 +185,15 @@ class ShardStream(IterableDataset):
     def _summary(epoch: int | None, slot: int, good: int, bad: list[str]) -> None:
         if epoch is not None:
             level = logging.WARNING if bad else logging.INFO
-            log.log(level, "shard epoch %d, reader %d: %d samples, %d bad inputs skipped%s",
-                    epoch, slot, good, len(bad), "".join(f"\n  {b}" for b in bad[:20]))
+            log.log(
+                level,
+                "shard epoch %d, reader %d: %d samples, %d bad inputs skipped%s",
+                epoch,
+                slot,
+                good,
+                len(bad),
+                "".join(f"\n  {b}" for b in bad[:20]),
+            )
 
 
 FRAME_KEY = re.compile(r"^\d{6}\.(jpg|jpeg|png)$")
@@ -249,14 +262,27 @@ class ShardSource:
     ) -> None:
         self.urls = resolve_urls(urls)
         self.sampler = ClipSampler(
-            num_frames=num_frames, height=height, width=width, min_gap=min_gap, max_gap=max_gap, augment=augment,
-            scale=tuple(scale), ratio_jitter=ratio_jitter, hflip=hflip, eval_stride=eval_stride,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            min_gap=min_gap,
+            max_gap=max_gap,
+            augment=augment,
+            scale=tuple(scale),
+            ratio_jitter=ratio_jitter,
+            hflip=hflip,
+            eval_stride=eval_stride,
         )
         self.shuffle_buffer = shuffle_buffer
 
     def stream(self, *, seed: int, eval: bool = False, shuffle: bool | None = None, **kw) -> ShardStream:
         """Training: infinite, reshuffled random clips. eval: one ordered pass of middle clips."""
         return ShardStream(
-            self.urls, ClipDecoder(self.sampler, eval=eval), seed=seed, infinite=not eval,
-            shuffle=shuffle, shuffle_buffer=self.shuffle_buffer, **kw,
+            self.urls,
+            ClipDecoder(self.sampler, eval=eval),
+            seed=seed,
+            infinite=not eval,
+            shuffle=shuffle,
+            shuffle_buffer=self.shuffle_buffer,
+            **kw,
         )

@@ -174,7 +174,9 @@ def pack_shards(
     n = settings.samples_per_shard
     jobs = [(i, inputs[s : s + n], s, root, out, settings) for i, s in enumerate(range(0, len(inputs), n))]
     pending = [job for job in jobs if not (out / f"shard-{job[0]:06d}.json").is_file()]
-    log.info("%d inputs, %d shards: %d done, %d to pack", len(inputs), len(jobs), len(jobs) - len(pending), len(pending))
+    log.info(
+        "%d inputs, %d shards: %d done, %d to pack", len(inputs), len(jobs), len(jobs) - len(pending), len(pending)
+    )
     with tqdm(total=sum(len(j[1]) for j in pending), desc="packing", unit="video") as bar:
         if workers > 0:
             with ProcessPoolExecutor(workers) as pool:

@@ -93,8 +93,15 @@ class VideoFolderSource:
             raise FileNotFoundError(f"no video files ({', '.join(sorted(extensions))}) under {self.root}")
         self.frame_fps = frame_fps
         self.sampler = ClipSampler(
-            num_frames=num_frames, height=height, width=width, min_gap=min_gap, max_gap=max_gap,
-            augment=augment, scale=tuple(scale), ratio_jitter=ratio_jitter, hflip=hflip,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            min_gap=min_gap,
+            max_gap=max_gap,
+            augment=augment,
+            scale=tuple(scale),
+            ratio_jitter=ratio_jitter,
+            hflip=hflip,
         )
         self._info: dict[Path, MediaInfo] = {}  # probing scans the whole file: do it once per file
 
@@ -126,7 +133,9 @@ class LabelledClipSource:
         hflip: bool = True,
     ) -> None:
         self.dataset = dataset
-        self.sampler = ClipSampler(height=height, width=width, augment=augment, scale=tuple(scale), ratio_jitter=ratio_jitter, hflip=hflip)
+        self.sampler = ClipSampler(
+            height=height, width=width, augment=augment, scale=tuple(scale), ratio_jitter=ratio_jitter, hflip=hflip
+        )
 
     def sample_clip(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         index = int(rng.integers(len(self.dataset)))

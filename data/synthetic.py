@@ -20,14 +20,10 @@ PALETTE = np.array(
 BG_WAVES = 6
 
 
-def sample_gaps(
-    rng: np.random.Generator, num_frames: int, min_gap: float, max_gap: float
-) -> np.ndarray:
+def sample_gaps(rng: np.random.Generator, num_frames: int, min_gap: float, max_gap: float) -> np.ndarray:
     """Timestamps (num_frames,) float64 in seconds, t0 = 0, gaps i.i.d. uniform in [min_gap, max_gap]."""
     if num_frames < 1 or not 0 < min_gap <= max_gap:
-        raise ValueError(
-            f"need num_frames >= 1 and 0 < min_gap <= max_gap, got {num_frames}, {min_gap}, {max_gap}"
-        )
+        raise ValueError(f"need num_frames >= 1 and 0 < min_gap <= max_gap, got {num_frames}, {min_gap}, {max_gap}")
     gaps = rng.uniform(min_gap, max_gap, size=num_frames - 1)
     return np.concatenate([[0.0], np.cumsum(gaps)])
 
@@ -61,9 +57,7 @@ def _unit(angle: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], 1)  # (n, 2)
 
 
-def _velocity(
-    rng: np.random.Generator, n: int, lo: float, hi: float, size: np.ndarray
-) -> np.ndarray:
+def _velocity(rng: np.random.Generator, n: int, lo: float, hi: float, size: np.ndarray) -> np.ndarray:
     """(n, 2) velocities covering lo..hi frame sizes per second in a uniform random direction."""
     return rng.uniform(lo, hi, (n, 1)) * _unit(rng.uniform(0, 2 * np.pi, n)) * size
 
@@ -128,10 +122,7 @@ def _plane_wave(freq: np.ndarray, phase: np.ndarray, xw: np.ndarray, yw: np.ndar
     coordinates, by the angle-sum identity: two outer products instead of K*T*H*W sines."""
     ax = freq[:, 0, None, None] * xw[None] + phase[:, None, None]  # (K, T, W)
     by = freq[:, 1, None, None] * yw[None]  # (K, T, H)
-    return (
-        np.sin(ax)[:, :, None, :] * np.cos(by)[:, :, :, None]
-        + np.cos(ax)[:, :, None, :] * np.sin(by)[:, :, :, None]
-    )
+    return np.sin(ax)[:, :, None, :] * np.cos(by)[:, :, :, None] + np.cos(ax)[:, :, None, :] * np.sin(by)[:, :, :, None]
 
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -159,9 +150,9 @@ def render_scene(scene: Scene, timestamps: np.ndarray) -> dict[str, torch.Tensor
     waves = _plane_wave(scene.bg_freq.astype(np.float32), scene.bg_phase.astype(np.float32), xw, yw)
     rgb = np.tensordot(waves, scene.bg_amp.astype(np.float32), axes=(0, 0))  # (T, H, W, 3)
     rgb += scene.bg_base.astype(np.float32)
-    depth_wave = _plane_wave(
-        scene.bg_depth_freq[None].astype(np.float32), np.float32([scene.bg_depth_phase]), xw, yw
-    )[0]
+    depth_wave = _plane_wave(scene.bg_depth_freq[None].astype(np.float32), np.float32([scene.bg_depth_phase]), xw, yw)[
+        0
+    ]
     depth = (scene.bg_depth + scene.bg_depth_amp * depth_wave).astype(np.float32)  # (T, H, W)
     seg = np.zeros(depth.shape, dtype=np.int64)
 

@@ -56,8 +56,11 @@ def describe_source(source) -> dict:
 
 def write_token_cache(path: str | os.PathLike, tensors: dict[str, torch.Tensor], fingerprint: dict) -> Path:
     """Atomic safetensors write with the fingerprint in the header."""
-    header = {FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True), "kind": json.dumps(CACHE_KIND),
-              "format_version": json.dumps(CACHE_FORMAT_VERSION)}
+    header = {
+        FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True),
+        "kind": json.dumps(CACHE_KIND),
+        "format_version": json.dumps(CACHE_FORMAT_VERSION),
+    }
     return atomic_save_safetensors(tensors, path, header)
 
 
@@ -76,15 +79,21 @@ def read_token_cache(path: str | os.PathLike, fingerprint: dict) -> dict[str, to
             with safe_open(str(path), framework="pt") as f:
                 header = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
         except Exception as e:  # safetensors and json raise several types for a damaged header
-            raise StaleCacheError(f"token cache {path} does not read ({e}); delete it or set data.token_cache.rebuild=true") from None
+            raise StaleCacheError(
+                f"token cache {path} does not read ({e}); delete it or set data.token_cache.rebuild=true"
+            ) from None
     # caches written before kinds existed carry none; anything else must say it is a token cache
     if header.get("kind", CACHE_KIND) != CACHE_KIND or header.get("format_version", 0) > CACHE_FORMAT_VERSION:
-        raise StaleCacheError(f"{path} is not a token cache of this code (kind {header.get('kind')!r}, "
-                              f"version {header.get('format_version')!r})")
+        raise StaleCacheError(
+            f"{path} is not a token cache of this code (kind {header.get('kind')!r}, "
+            f"version {header.get('format_version')!r})"
+        )
     stored = header.get(FINGERPRINT_KEY, {})
     if stored != json.loads(json.dumps(fingerprint)):
         differing = sorted(k for k in stored.keys() | fingerprint.keys() if stored.get(k) != fingerprint.get(k))
-        details = "; ".join(f"{k}: cache has {stored.get(k)!r}, this run needs {fingerprint.get(k)!r}" for k in differing)
+        details = "; ".join(
+            f"{k}: cache has {stored.get(k)!r}, this run needs {fingerprint.get(k)!r}" for k in differing
+        )
         raise StaleCacheError(
             f"token cache {path} is stale: it was produced by a different configuration or different "
             f"weights ({details}). Delete it, point data.token_cache.path elsewhere, or set "
@@ -96,7 +105,11 @@ def read_token_cache(path: str | os.PathLike, fingerprint: dict) -> dict[str, to
 
 
 def write_cache_shards(
-    path: str | os.PathLike, clips: Iterable[dict[str, torch.Tensor]], fingerprint: dict, *, samples_per_shard: int = 1000
+    path: str | os.PathLike,
+    clips: Iterable[dict[str, torch.Tensor]],
+    fingerprint: dict,
+    *,
+    samples_per_shard: int = 1000,
 ) -> Path:
     """Per-clip tensors into webdataset shards under folder `path` (replaced atomically as a whole,
     each file synced to disk first), with the fingerprint in manifest.json."""
@@ -111,8 +124,13 @@ def write_cache_shards(
             for clip in chain([first], islice(clips, samples_per_shard - 1)):
                 sink.write({"__key__": f"{count:09d}", **{f"{k}.npy": _npy(v) for k, v in clip.items()}})
                 count += 1
-    manifest = {FINGERPRINT_KEY: fingerprint, "num_samples": count, "shards": shards, "kind": CACHE_KIND,
-                "format_version": CACHE_FORMAT_VERSION}
+    manifest = {
+        FINGERPRINT_KEY: fingerprint,
+        "num_samples": count,
+        "shards": shards,
+        "kind": CACHE_KIND,
+        "format_version": CACHE_FORMAT_VERSION,
+    }
     atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     if path.exists():
         shutil.rmtree(path)

@@ -60,9 +60,7 @@ def _open(video: VideoInput, name: str | None = None) -> tuple[InputContainer, V
     try:
         container = av.open(io.BytesIO(video) if isinstance(video, bytes) else os.fspath(video))
     except av.error.FFmpegError as e:
-        raise VideoDecodeError(
-            f"{path}: cannot open as a video container ({e.strerror or e})"
-        ) from e
+        raise VideoDecodeError(f"{path}: cannot open as a video container ({e.strerror or e})") from e
     if not container.streams.video:
         container.close()
         raise VideoDecodeError(f"{path}: no video stream")
@@ -95,11 +93,7 @@ def probe_video(video: VideoInput, *, name: str | None = None) -> VideoInfo:
         raise VideoDecodeError(f"{path}: no video frames")
     first, last = min(starts), max(starts)
     if not rate:
-        rate = (
-            Fraction(len(starts) - 1) / ((last - first) * time_base)
-            if last > first
-            else Fraction(1)
-        )
+        rate = Fraction(len(starts) - 1) / ((last - first) * time_base) if last > first else Fraction(1)
     # without packet durations the last frame is taken to last 1/fps
     end = max(ends) if max(ends) > last else last + 1 / (rate * time_base)
     return VideoInfo(
@@ -152,16 +146,12 @@ def torchcodec_available() -> bool:
 def _check_times(timestamps: Sequence[float]) -> np.ndarray:
     req = np.asarray(timestamps, dtype=np.float64)
     if req.ndim != 1 or len(req) == 0 or not np.all(np.isfinite(req)) or req.min() < 0:
-        raise ValueError(
-            f"timestamps must be a non-empty 1-D sequence of finite times >= 0, got {timestamps}"
-        )
+        raise ValueError(f"timestamps must be a non-empty 1-D sequence of finite times >= 0, got {timestamps}")
     return req
 
 
 def _beyond_end(path: str, requested: float, end: float) -> VideoDecodeError:
-    return VideoDecodeError(
-        f"{path}: requested time {requested:.3f} s is beyond the end of the stream ({end:.3f} s)"
-    )
+    return VideoDecodeError(f"{path}: requested time {requested:.3f} s is beyond the end of the stream ({end:.3f} s)")
 
 
 def _decode_pyav(video: VideoInput, req: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -190,9 +180,7 @@ def _decode_pyav(video: VideoInput, req: np.ndarray, path: str) -> tuple[np.ndar
     return frames.transpose(0, 3, 1, 2), times
 
 
-def _decode_torchcodec(
-    video: VideoInput, req: np.ndarray, path: str
-) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
+def _decode_torchcodec(video: VideoInput, req: np.ndarray, path: str) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
     from torchcodec.decoders import VideoDecoder
 
     if not isinstance(video, bytes):
@@ -262,9 +250,7 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: float) -> No
     .avi or without it, vp9 for .webm), yuv420p, so H and W must be even; a keyframe every second
     so that seeking is exercised."""
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
-        raise ValueError(
-            f"frames must be uint8 (T, 3, H, W), got {frames.dtype} {tuple(frames.shape)}"
-        )
+        raise ValueError(f"frames must be uint8 (T, 3, H, W), got {frames.dtype} {tuple(frames.shape)}")
     H, W = frames.shape[-2:]
     if H % 2 or W % 2:
         raise ValueError(f"yuv420p needs even height and width, got {H}x{W}")

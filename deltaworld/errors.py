@@ -17,8 +17,14 @@ from deltaworld.tokenizer.run_folder import RunFolderError
 # what bad input raises: files that are missing, damaged or of another kind, settings that do not
 # fit; each message names the file or the setting. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (
-    OSError, ValueError, BadClipError, DatasetFileError, StaleCacheError, VideoDecodeError,
-    BackboneCheckpointError, RunFolderError,
+    OSError,
+    ValueError,
+    BadClipError,
+    DatasetFileError,
+    StaleCacheError,
+    VideoDecodeError,
+    BackboneCheckpointError,
+    RunFolderError,
 )
 
 F = TypeVar("F", bound=Callable)

@@ -13,9 +13,14 @@ from deltaworld.errors import user_errors
 @user_errors
 def main(cfg: DictConfig) -> None:
     settings = PackSettings(
-        format=cfg.format, samples_per_shard=cfg.samples_per_shard, min_frames=cfg.min_frames,
-        min_duration=cfg.min_duration, frame_fps=cfg.frame_fps, short_side=cfg.short_side,
-        quality=cfg.quality, extensions=tuple(cfg.extensions),
+        format=cfg.format,
+        samples_per_shard=cfg.samples_per_shard,
+        min_frames=cfg.min_frames,
+        min_duration=cfg.min_duration,
+        frame_fps=cfg.frame_fps,
+        short_side=cfg.short_side,
+        quality=cfg.quality,
+        extensions=tuple(cfg.extensions),
     )
     manifest = pack_shards(cfg.input, cfg.output, settings, workers=cfg.workers)
     summary = {k: manifest[k] for k in ("num_shards", "num_samples", "bytes", "bytes_per_sample")}

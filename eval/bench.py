@@ -56,7 +56,9 @@ def tokenizer_train_step(setting: dict, precision: str) -> Timing:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        backbone = build_backbone(name=setting["backbone"], img_size=setting["size"], arch=setting.get("arch")).to(device)
+        backbone = build_backbone(name=setting["backbone"], img_size=setting["size"], arch=setting.get("arch")).to(
+            device
+        )
     tok = DeltaTok(dim=backbone.dim, num_heads=backbone.num_heads, depth=setting["depth"]).to(device)
     opt = torch.optim.AdamW(tok.parameters(), lr=1e-4)
     size, batch = setting["size"], setting["batch"]
@@ -79,11 +81,18 @@ def tokenizer_train_step(setting: dict, precision: str) -> Timing:
 
 TOKENIZER_SETTINGS = {
     "cpu_demo (tiny ViT, 112 px, depth 2)": {
-        "backbone": "vit_small_patch14_dinov2", "size": 112, "depth": 2, "batch": 24,
+        "backbone": "vit_small_patch14_dinov2",
+        "size": 112,
+        "depth": 2,
+        "batch": 24,
         "arch": {"depth": 2, "embed_dim": 64, "num_heads": 4},
     },
     "ViT-S/14 224 px, DeltaTok depth 12": {
-        "backbone": "vit_small_patch14_dinov2", "size": 224, "depth": 12, "batch": 8, "repeats": 2,
+        "backbone": "vit_small_patch14_dinov2",
+        "size": 224,
+        "depth": 12,
+        "batch": 8,
+        "repeats": 2,
     },
 }
 
@@ -97,7 +106,8 @@ def bench_tokenizer(settings: dict[str, dict] | None = None) -> list[str]:
         for precision, t in (("fp32", fp32), ("bf16", bf16)):
             speedup = f"{fp32.seconds / bf16.seconds:.2f}x" if precision == "bf16" else ""
             lines.append(
-                f"{name:<40} {precision:<9} {t.seconds:>8.3f} {setting['batch'] / t.seconds:>8.1f} {t.peak_mb:>9.0f} {speedup:>14}"
+                f"{name:<40} {precision:<9} {t.seconds:>8.3f} {setting['batch'] / t.seconds:>8.1f} "
+                f"{t.peak_mb:>9.0f} {speedup:>14}"
             )
     lines += ["", "tokens per frame vs patch tokens (K=1 DeltaTok token per frame):"]
     for size, patch in ((224, 14), (448, 14), (512, 16)):
@@ -107,9 +117,14 @@ def bench_tokenizer(settings: dict[str, dict] | None = None) -> list[str]:
 
 
 WORLD_SETTING = {  # CPU-sized: the paper's ViT-B predictor is too slow for 2 cores at N=256
-    "backbone": "vit_small_patch14_dinov2", "size": 112, "arch": {"depth": 2, "embed_dim": 64, "num_heads": 4},
-    "tokenizer_depth": 2, "world": {"dim": 128, "depth": 4, "num_heads": 4, "rope_dim": 28},
-    "batch": 8, "frames": 8, "threads": 2,
+    "backbone": "vit_small_patch14_dinov2",
+    "size": 112,
+    "arch": {"depth": 2, "embed_dim": 64, "num_heads": 4},
+    "tokenizer_depth": 2,
+    "world": {"dim": 128, "depth": 4, "num_heads": 4, "rope_dim": 28},
+    "batch": 8,
+    "frames": 8,
+    "threads": 2,
 }
 
 
@@ -122,7 +137,9 @@ def _tiny_world_stack(setting: dict):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backbone = build_backbone(name=setting["backbone"], img_size=setting["size"], arch=setting["arch"])
-    deltatok = DeltaTok(dim=backbone.dim, num_heads=backbone.num_heads, depth=setting["tokenizer_depth"]).requires_grad_(False)
+    deltatok = DeltaTok(
+        dim=backbone.dim, num_heads=backbone.num_heads, depth=setting["tokenizer_depth"]
+    ).requires_grad_(False)
     world = DeltaWorld(token_dim=backbone.dim, **setting["world"])
     return backbone, deltatok, world
 
@@ -169,14 +186,23 @@ def world_rollout_step(setting: dict, context: int, samples: int, use_cache: boo
     return Timing(time_calls(rollout, warmup=1, repeats=3) / horizon, peak_memory_mb(torch.device("cpu")))
 
 
-def flops_per_predicted_frame(*, dim: int, depth: int, num_heads: int, feature_dim: int, context: int, tokens_per_frame: int) -> int:
+def flops_per_predicted_frame(
+    *, dim: int, depth: int, num_heads: int, feature_dim: int, context: int, tokens_per_frame: int
+) -> int:
     """Forward FLOPs to predict one frame (one hypothesis) after `context` frames, K tokens per frame."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from deltaworld.worldmodel.deltaworld import DeltaWorld
 
     k = tokens_per_frame
-    world = DeltaWorld(token_dim=feature_dim, tokens_per_frame=k, dim=dim, depth=depth, num_heads=num_heads, rope_dim=dim // num_heads - 4)
+    world = DeltaWorld(
+        token_dim=feature_dim,
+        tokens_per_frame=k,
+        dim=dim,
+        depth=depth,
+        num_heads=num_heads,
+        rope_dim=dim // num_heads - 4,
+    )
     tokens = torch.randn(1, context, k, feature_dim)
     times = torch.arange(context + 1).float()[None] * 0.2
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -189,7 +215,8 @@ def bench_world(setting: dict | None = None) -> list[str]:
     w = setting["world"]
     lines = [
         f"DeltaWorld benchmarks (CPU, {setting['threads']} threads; predictor width {w['dim']}, depth {w['depth']}; "
-        f"tiny ViT at {setting['size']} px; batch {setting['batch']} clips x {setting['frames']} frames; median of 5 train steps, 3 rollouts; fresh process each)",
+        f"tiny ViT at {setting['size']} px; batch {setting['batch']} clips x {setting['frames']} frames; "
+        "median of 5 train steps, 3 rollouts; fresh process each)",
         "",
         "train step (best-of-N: N hypotheses scored without gradient, the best re-run with gradient)",
         f"{'N':>5} {'tokens':<10} {'step s':>8} {'vs N=1':>7} {'peak MB':>8} {'on-the-fly / cache':>19}",
@@ -199,16 +226,28 @@ def bench_world(setting: dict | None = None) -> list[str]:
         cached = in_fresh_process(world_train_step, setting, n, True)
         live = in_fresh_process(world_train_step, setting, n, False)
         base = base or cached.seconds
-        lines.append(f"{n:>5} {'cache':<10} {cached.seconds:>8.3f} {cached.seconds / base:>6.2f}x {cached.peak_mb:>8.0f}")
-        lines.append(f"{n:>5} {'on-the-fly':<10} {live.seconds:>8.3f} {live.seconds / base:>6.2f}x {live.peak_mb:>8.0f} {live.seconds / cached.seconds:>18.2f}x")
-    lines += ["", "rollout, M=20 hypotheses in one batched forward per step (2 clips, 4 steps)",
-              f"{'context':>8} {'KV cache':<9} {'s / step':>9} {'uncached / cached':>18}"]
+        lines.append(
+            f"{n:>5} {'cache':<10} {cached.seconds:>8.3f} {cached.seconds / base:>6.2f}x {cached.peak_mb:>8.0f}"
+        )
+        lines.append(
+            f"{n:>5} {'on-the-fly':<10} {live.seconds:>8.3f} {live.seconds / base:>6.2f}x {live.peak_mb:>8.0f} "
+            f"{live.seconds / cached.seconds:>18.2f}x"
+        )
+    lines += [
+        "",
+        "rollout, M=20 hypotheses in one batched forward per step (2 clips, 4 steps)",
+        f"{'context':>8} {'KV cache':<9} {'s / step':>9} {'uncached / cached':>18}",
+    ]
     for context in (4, 64):
         cached = in_fresh_process(world_rollout_step, setting, context, 20, True)
         uncached = in_fresh_process(world_rollout_step, setting, context, 20, False)
         lines.append(f"{context:>8} {'yes':<9} {cached.seconds:>9.4f}")
         lines.append(f"{context:>8} {'no':<9} {uncached.seconds:>9.4f} {uncached.seconds / cached.seconds:>17.2f}x")
-    lines += ["", "FLOPs per predicted frame, paper-sized predictor (width 768, 12 layers), 4 context frames, ViT-B features (D=768)"]
+    lines += [
+        "",
+        "FLOPs per predicted frame, paper-sized predictor (width 768, 12 layers), 4 context frames, "
+        "ViT-B features (D=768)",
+    ]
     for size, patch in ((224, 14), (512, 16)):
         patches = (size // patch) ** 2
         kw = dict(dim=768, depth=12, num_heads=12, feature_dim=768, context=4)

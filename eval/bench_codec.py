@@ -23,10 +23,14 @@ def frames_per_second(push, inputs: list[torch.Tensor]) -> float:
 
 def budget_line(name: str, tok: dict, *, height: int, width: int, fps: float, seconds: float) -> str:
     counts = frame_token_counts(round(fps * seconds), tok["num_tokens"], tok["key_tokens"], tok["key_interval"])
-    b = token_budget(counts, token_dim=tok["token_dim"], height=height, width=width, fps=fps, patch_size=tok["patch_size"])
-    return (f"  {name}: {height}x{width} @ {fps:g} fps, {seconds:g} s: {b.delta_tokens} tokens x {b.token_dim} ch "
-            f"= {b.tokens_per_second:.1f} tokens/s; {b.vs_vae:.1f}x fewer than a VAE grid ({b.vae_tokens}), "
-            f"{b.vs_patches:.1f}x fewer than raw patches ({b.patch_tokens})")
+    b = token_budget(
+        counts, token_dim=tok["token_dim"], height=height, width=width, fps=fps, patch_size=tok["patch_size"]
+    )
+    return (
+        f"  {name}: {height}x{width} @ {fps:g} fps, {seconds:g} s: {b.delta_tokens} tokens x {b.token_dim} ch "
+        f"= {b.tokens_per_second:.1f} tokens/s; {b.vs_vae:.1f}x fewer than a VAE grid ({b.vae_tokens}), "
+        f"{b.vs_patches:.1f}x fewer than raw patches ({b.patch_tokens})"
+    )
 
 
 def bench_codec(frames: int = 16, threads: int | None = None) -> list[str]:
@@ -45,7 +49,8 @@ def bench_codec(frames: int = 16, threads: int | None = None) -> list[str]:
         f"{model.num_tokens} tokens x {model.token_dim} ch, key frame {model.key_tokens} tokens), "
         f"{torch.get_num_threads()} CPU threads, batch 1, streaming sessions, {frames} frames",
         "",
-        f"  encode (closed loop: encoder + local decoder): {frames_per_second(EncoderSession(model).push, list(video)):8.1f} frames/s",
+        "  encode (closed loop: encoder + local decoder): "
+        f"{frames_per_second(EncoderSession(model).push, list(video)):8.1f} frames/s",
     ]
     for decoder, steps in (("deterministic", 4), ("diffusion", 4)):
         session = DecoderSession(model, (size, size), decoder=decoder, steps=steps)

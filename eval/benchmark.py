@@ -116,14 +116,27 @@ def run_benchmark(
     records = evaluate_forecasts(
         backbone=backbone,
         batches=labelled_batches(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False, seed=seed),
-        methods=methods, context=context, horizons=horizons, dataset=dataset.name,
-        heads=heads, num_classes=num_classes, device=device,
+        methods=methods,
+        context=context,
+        horizons=horizons,
+        dataset=dataset.name,
+        heads=heads,
+        num_classes=num_classes,
+        device=device,
     )
     figures = dict(figures or {})
     figures |= {
         f"Forecasts of one clip at horizon {h}: features (PCA), segmentation, depth per method": forecast_figure(
-            out_dir / f"forecast_h{h}.png", backbone=backbone, heads=heads, methods=methods, clip=dataset[0],
-            context=context, horizon=h, num_classes=num_classes, depth_range=depth_range, device=device,
+            out_dir / f"forecast_h{h}.png",
+            backbone=backbone,
+            heads=heads,
+            methods=methods,
+            clip=dataset[0],
+            context=context,
+            horizon=h,
+            num_classes=num_classes,
+            depth_range=depth_range,
+            device=device,
         )
         for h in horizons
     }
@@ -133,8 +146,17 @@ def run_benchmark(
         times = repeat_for_crops(clips["timestamps"], layout)
         frames, times = frames.to(device), times.to(device)
         sample_and_describe(
-            backbone, world[0], world[1], frames, times, times[:, context:], context=context, samples=samples,
-            generator=torch.Generator(device=device).manual_seed(seed), out_dir=out_dir, figure_name="hypotheses.png",
+            backbone,
+            world[0],
+            world[1],
+            frames,
+            times,
+            times[:, context:],
+            context=context,
+            samples=samples,
+            generator=torch.Generator(device=device).manual_seed(seed),
+            out_dir=out_dir,
+            figure_name="hypotheses.png",
         )
         stats = json.loads((out_dir / "diversity.json").read_text())
         clip_count = frames.shape[0] // layout.num_crops
@@ -174,11 +196,21 @@ def run_eval(cfg: DictConfig) -> Path:
         deltatok=deltatok, world=world, deterministic=deterministic, samples=cfg.samples, seed=cfg.seed, device=device
     )
     report, _ = run_benchmark(
-        backbone=backbone, heads=heads, dataset=dataset, methods=methods, context=cfg.context,
+        backbone=backbone,
+        heads=heads,
+        dataset=dataset,
+        methods=methods,
+        context=cfg.context,
         horizons=list(cfg.horizons),
-        batch_size=cfg.batch_size, num_workers=cfg.num_workers, out_dir=Path(cfg.out_dir),
-        title=f"Dense forecasting benchmark: {dataset.name}", world=world, samples=cfg.samples,
-        figure_clips=cfg.figure_clips, seed=cfg.seed, device=device,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        out_dir=Path(cfg.out_dir),
+        title=f"Dense forecasting benchmark: {dataset.name}",
+        world=world,
+        samples=cfg.samples,
+        figure_clips=cfg.figure_clips,
+        seed=cfg.seed,
+        device=device,
         notes=[f"checkpoints: world {cfg.world_ckpt}, deterministic {cfg.deterministic_ckpt}, heads {cfg.heads}"],
     )
     print(f"\nreport: {report}")

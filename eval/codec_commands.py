@@ -62,7 +62,11 @@ def read_video(path: str | Path, short_side: int, max_frames: int | None) -> tup
     if not frames:
         raise VideoDecodeError(f"{path}: no decodable frames")
     times = torch.tensor(times, dtype=torch.float64)
-    fps = (len(times) - 1) / float(times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else probe_video(path).fps
+    fps = (
+        (len(times) - 1) / float(times[-1] - times[0])
+        if len(times) > 1 and times[-1] > times[0]
+        else probe_video(path).fps
+    )
     return torch.stack(frames), times, fps
 
 
@@ -111,9 +115,15 @@ def encode_file(
         tokens.append(session.push(frame[None])[0])
         recon.append(to_uint8(session.reconstruction[0, :, :height, :width]))
     metadata = {
-        "kind": TOKEN_FILE_KIND, "format_version": TOKEN_FILE_VERSION,
-        "ckpt": str(Path(ckpt).resolve()), "source": str(Path(src).resolve()), "fps": fps,
-        "height": height, "width": width, "num_frames": len(frames), "pad": [bottom, right],
+        "kind": TOKEN_FILE_KIND,
+        "format_version": TOKEN_FILE_VERSION,
+        "ckpt": str(Path(ckpt).resolve()),
+        "source": str(Path(src).resolve()),
+        "fps": fps,
+        "height": height,
+        "width": width,
+        "num_frames": len(frames),
+        "pad": [bottom, right],
         "geometry": f"every frame of the {source_width}x{source_height} source resized to {width}x{height} (aspect "
         f"kept), padded by {right} px right and {bottom} px bottom (edge pixels) to whole patches; decode crops it",
     }
@@ -138,8 +148,10 @@ def read_token_file(path: str | Path) -> tuple[torch.Tensor, dict]:
     except Exception as e:  # safetensors and json raise several types for a damaged header
         raise ValueError(f"{path} is not a readable token file (truncated or another format: {e})") from None
     if meta.get("kind", TOKEN_FILE_KIND) != TOKEN_FILE_KIND or meta.get("format_version", 0) not in (0, 1):
-        raise ValueError(f"{path} is a {meta.get('kind')!r} file (version {meta.get('format_version')}), not a "
-                         f"token file of `deltaworld codec encode`")
+        raise ValueError(
+            f"{path} is a {meta.get('kind')!r} file (version {meta.get('format_version')}), not a "
+            f"token file of `deltaworld codec encode`"
+        )
     fields = {"ckpt": str, "source": str, "fps": float, "height": int, "width": int, "num_frames": int}
     for key, kind in fields.items():
         value = meta.get(key)
@@ -178,9 +190,12 @@ def decode_file(
         raise ValueError(f"{src}: {tokens.shape[0]} tokens, but {meta['num_frames']} frames take {expected}")
     session = DecoderSession(model, full, decoder=decoder, steps=steps, seed=seed)
     per_frame = model.split_tokens(tokens[None].float())  # one (1, K_t, C) per frame
-    decoded = torch.stack([
-        to_uint8(session.push(tok)[0, :, :height, :width]) for tok in tqdm(per_frame, desc=f"decode ({decoder})", unit="frame")
-    ])
+    decoded = torch.stack(
+        [
+            to_uint8(session.push(tok)[0, :, :height, :width])
+            for tok in tqdm(per_frame, desc=f"decode ({decoder})", unit="frame")
+        ]
+    )
     write_video(dst, decoded, meta["fps"])
     reference = Path(reference or meta["source"])
     original = read_video(reference, min(height, width), meta["num_frames"])[0] if reference.is_file() else None
@@ -245,13 +260,25 @@ def run_codec(cfg: DictConfig) -> Path:
     if cfg.action == "decode":
         require(cfg, "input", "output")
         return decode_file(
-            cfg.input, cfg.output, ckpt=cfg.ckpt, decoder=cfg.decoder, steps=cfg.steps, seed=cfg.seed,
+            cfg.input,
+            cfg.output,
+            ckpt=cfg.ckpt,
+            decoder=cfg.decoder,
+            steps=cfg.steps,
+            seed=cfg.seed,
             reference=cfg.reference,
         )
     if cfg.action == "eval":
         require(cfg, "ckpt")
         return evaluate_checkpoint(
-            cfg.ckpt, cfg.out_dir, video=cfg.input, size=cfg.size, frames=cfg.frames, clips=cfg.clips, fps=cfg.fps,
-            steps=cfg.steps, seed=cfg.seed,
+            cfg.ckpt,
+            cfg.out_dir,
+            video=cfg.input,
+            size=cfg.size,
+            frames=cfg.frames,
+            clips=cfg.clips,
+            fps=cfg.fps,
+            steps=cfg.steps,
+            seed=cfg.seed,
         )
     raise ValueError(f"deltaworld codec: action={cfg.action}; choose encode, decode or eval")

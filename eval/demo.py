@@ -64,8 +64,16 @@ def pretrain_backbone(cfg: DictConfig, path: Path, device: torch.device) -> Path
     torch.manual_seed(cfg.seed)
     heads = build_heads(in_dim=backbone.dim, num_classes=train_set.num_classes, depth_range=train_set.depth_range)
     history = train_heads(
-        backbone=backbone, heads=heads, dataset=train_set, epochs=stage.epochs, batch_size=stage.batch_size,
-        lr=stage.lr, weight_decay=stage.weight_decay, seed=cfg.seed, device=device, train_backbone=True,
+        backbone=backbone,
+        heads=heads,
+        dataset=train_set,
+        epochs=stage.epochs,
+        batch_size=stage.batch_size,
+        lr=stage.lr,
+        weight_decay=stage.weight_decay,
+        seed=cfg.seed,
+        device=device,
+        train_backbone=True,
     )
     log.info("backbone pretraining losses per epoch: %s", history)
     return export_safetensors(backbone.model, path)
@@ -87,7 +95,10 @@ def run_demo(cfg: DictConfig, train_stage: TrainStage) -> Path:
     world_overrides = [*cfg.world_stage.overrides, f"trainer.accelerator={accelerator}"]
     world_path = train_world(cfg, train_stage, tokenizer_path, "world", world_overrides)
     deterministic_path = train_world(
-        cfg, train_stage, tokenizer_path, "deterministic",
+        cfg,
+        train_stage,
+        tokenizer_path,
+        "deterministic",
         [*world_overrides, "world.deterministic=true", "module.num_hypotheses=1"],
     )
 
@@ -99,30 +110,54 @@ def run_demo(cfg: DictConfig, train_stage: TrainStage) -> Path:
         cfg.data.benchmark.eval.num_frames = cfg.eval.context + max(cfg.eval.horizons)
     eval_set = instantiate(cfg.data.benchmark.eval)
     heads, _ = fit_heads(
-        backbone=backbone, backbone_cfg=read_metadata(tokenizer_path)["backbone"], frame_size=cfg.frame_size,
-        train_set=instantiate(cfg.data.benchmark.train), eval_set=eval_set, path=out_dir / "heads.safetensors",
-        num_workers=0, seed=cfg.seed, device=device, **cfg.heads_stage,
+        backbone=backbone,
+        backbone_cfg=read_metadata(tokenizer_path)["backbone"],
+        frame_size=cfg.frame_size,
+        train_set=instantiate(cfg.data.benchmark.train),
+        eval_set=eval_set,
+        path=out_dir / "heads.safetensors",
+        num_workers=0,
+        seed=cfg.seed,
+        device=device,
+        **cfg.heads_stage,
     )
     samples = cfg.world_stage.samples
     with torch.no_grad():
         tokenizer_png = tokenizer_figure(backbone, deltatok, eval_set[0], out_dir / "tokenizer_pca.png", device)
         methods = forecasting_methods(
-            deltatok=deltatok, world=(space, world), deterministic=(space, deterministic), samples=samples,
-            seed=cfg.seed, device=device,
+            deltatok=deltatok,
+            world=(space, world),
+            deterministic=(space, deterministic),
+            samples=samples,
+            seed=cfg.seed,
+            device=device,
         )
         report, _ = run_benchmark(
-            backbone=backbone, heads=heads, dataset=eval_set, methods=methods,
-            context=cfg.eval.context, horizons=list(cfg.eval.horizons), batch_size=cfg.eval.batch_size, num_workers=0,
-            out_dir=out_dir, title=f"DeltaWorld demo (synthetic labelled video, {device.type.upper()})",
-            world=(space, world), samples=samples,
-            figure_clips=cfg.eval.figure_clips, seed=cfg.seed, device=device,
+            backbone=backbone,
+            heads=heads,
+            dataset=eval_set,
+            methods=methods,
+            context=cfg.eval.context,
+            horizons=list(cfg.eval.horizons),
+            batch_size=cfg.eval.batch_size,
+            num_workers=0,
+            out_dir=out_dir,
+            title=f"DeltaWorld demo (synthetic labelled video, {device.type.upper()})",
+            world=(space, world),
+            samples=samples,
+            figure_clips=cfg.eval.figure_clips,
+            seed=cfg.seed,
+            device=device,
             figures={"DeltaTok: true vs closed-loop reconstructed features": tokenizer_png},
             notes=[
                 *(
-                    [f"backbone: the random-init tiny ViT trained {cfg.backbone_stage.epochs} epochs on "
-                     f"{cfg.backbone_stage.num_clips} labelled synthetic frames (a stand-in for VFM pretraining), "
-                     "then frozen for every stage: backbone.safetensors"]
-                    if cfg.backbone_stage else []
+                    [
+                        f"backbone: the random-init tiny ViT trained {cfg.backbone_stage.epochs} epochs on "
+                        f"{cfg.backbone_stage.num_clips} labelled synthetic frames (a stand-in for VFM pretraining), "
+                        "then frozen for every stage: backbone.safetensors"
+                    ]
+                    if cfg.backbone_stage
+                    else []
                 ),
                 f"the world models were trained {cfg.world_stage.overrides}; the deterministic one with one "
                 "learned query (N=1), as many steps",

@@ -51,8 +51,16 @@ def fit_heads(
     torch.manual_seed(seed)  # the heads' initial weights
     heads = build_heads(in_dim=backbone.dim, num_classes=train_set.num_classes, depth_range=train_set.depth_range)
     history = train_heads(
-        backbone=backbone, heads=heads, dataset=train_set, epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, num_workers=num_workers, seed=seed, device=device,
+        backbone=backbone,
+        heads=heads,
+        dataset=train_set,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        num_workers=num_workers,
+        seed=seed,
+        device=device,
     )
     records = evaluate_heads(
         backbone=backbone, heads=heads, dataset=eval_set, batch_size=batch_size, num_workers=num_workers, device=device
@@ -83,9 +91,18 @@ def run_heads(cfg: DictConfig) -> Path:
     backbone, backbone_cfg = heads_backbone(cfg)
     path = out_dir / cfg.export_name
     fit_heads(
-        backbone=backbone.to(device), backbone_cfg=backbone_cfg, frame_size=cfg.frame_size,
-        train_set=instantiate(cfg.data.benchmark.train), eval_set=instantiate(cfg.data.benchmark.eval), path=path,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        num_workers=cfg.num_workers, seed=cfg.seed, device=device,
+        backbone=backbone.to(device),
+        backbone_cfg=backbone_cfg,
+        frame_size=cfg.frame_size,
+        train_set=instantiate(cfg.data.benchmark.train),
+        eval_set=instantiate(cfg.data.benchmark.eval),
+        path=path,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        num_workers=cfg.num_workers,
+        seed=cfg.seed,
+        device=device,
     )
     return path

@@ -76,7 +76,9 @@ def batch_by_shape(items: Iterable[dict], batch_size: int) -> Iterator[dict]:
         yield collate()
 
 
-def labelled_batches(dataset: Dataset, *, batch_size: int, num_workers: int, shuffle: bool, seed: int) -> Iterable[dict]:
+def labelled_batches(
+    dataset: Dataset, *, batch_size: int, num_workers: int, shuffle: bool, seed: int
+) -> Iterable[dict]:
     """Batches of same-shaped items, loaded in `num_workers` processes, optionally shuffled by `seed`."""
     loader = DataLoader(
         dataset,
@@ -89,7 +91,12 @@ def labelled_batches(dataset: Dataset, *, batch_size: int, num_workers: int, shu
 
 
 def head_maps(
-    head: nn.Module, task: str, feats: torch.Tensor, grid: tuple[int, int], half_size: tuple[int, int], layout: CropLayout
+    head: nn.Module,
+    task: str,
+    feats: torch.Tensor,
+    grid: tuple[int, int],
+    half_size: tuple[int, int],
+    layout: CropLayout,
 ) -> torch.Tensor:
     """A head on crop features (n*B, N, D) -> its maps on the label halves: logits (n*B, C, h, w')
     for segmentation, depth (n*B, h, w') in metres."""
@@ -118,7 +125,9 @@ def score_heads(
             metrics.update_segmentation(method, horizon, out, target)
 
 
-def crop_batch(batch: dict, tasks: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], CropLayout]:
+def crop_batch(
+    batch: dict, tasks: Iterable[str]
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], CropLayout]:
     """A labelled batch -> square-crop frames (n*B, T, 3, S, S), their timestamps (n*B, T) and
     the labels of `tasks` split into the halves the crops score, (n*B, h, w')."""
     frames, layout = square_crops(batch["frames"])
@@ -187,14 +196,20 @@ def forecast_figure(
     grid = backbone.grid(h, w)
     case = next(forecast_cases(feats, times, grid, backbone.black_features(h, w), context=context, horizons=[horizon]))
     # the label half that the first crop is scored on, (1, h, w')
-    truth = {task: split_labels(batch[task], layout, fill=LABEL_FILL[task])[:1].to(device) for task in heads if task in batch}
+    truth = {
+        task: split_labels(batch[task], layout, fill=LABEL_FILL[task])[:1].to(device) for task in heads if task in batch
+    }
     pca = PCAProjection(feats[0])
 
     def maps(pred: torch.Tensor) -> list[torch.Tensor]:
         cells = [pca(pred[0], grid)]
         for task, target in truth.items():
             out = head_maps(heads[task], task, pred, grid, target.shape[-2:], layout)[0]  # first crop
-            cells.append(colorize_segmentation(out.argmax(0), num_classes) if task == "segmentation" else colorize_depth(out, depth_range))
+            cells.append(
+                colorize_segmentation(out.argmax(0), num_classes)
+                if task == "segmentation"
+                else colorize_depth(out, depth_range)
+            )
         return cells
 
     truth_cells = [pca(case.target_feats[0], grid)]

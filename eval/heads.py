@@ -49,7 +49,9 @@ class DepthHead(nn.Module):
         return torch.einsum("bkhw,k->bhw", weights, self.bins.to(weights.dtype))
 
 
-def build_heads(*, in_dim: int, num_classes: int | None, depth_range: tuple[float, float] | None, num_bins: int = 256) -> nn.ModuleDict:
+def build_heads(
+    *, in_dim: int, num_classes: int | None, depth_range: tuple[float, float] | None, num_bins: int = 256
+) -> nn.ModuleDict:
     """The heads a dataset supports: "segmentation" if it has classes, "depth" if it has a range."""
     heads = nn.ModuleDict()
     if num_classes:
@@ -63,7 +65,10 @@ def build_heads(*, in_dim: int, num_classes: int | None, depth_range: tuple[floa
 
 def heads_config(heads: nn.ModuleDict) -> dict:
     """Everything `build_heads` needs to rebuild `heads` (stored in the checkpoint)."""
-    seg, depth = heads["segmentation"] if "segmentation" in heads else None, heads["depth"] if "depth" in heads else None
+    seg, depth = (
+        heads["segmentation"] if "segmentation" in heads else None,
+        heads["depth"] if "depth" in heads else None,
+    )
     some = seg or depth
     return {
         "in_dim": some.bn.num_features,

@@ -99,13 +99,20 @@ def import_official(
     written = {"tokenizer": export_safetensors(deltatok, out / "tokenizer.safetensors", tok_meta)}
     if model is not None:
         written["world"] = export_world(
-            model, deltatok, out / "world.safetensors", tokenizer_metadata=tok_meta, world_config=arch["world"],
+            model,
+            deltatok,
+            out / "world.safetensors",
+            tokenizer_metadata=tok_meta,
+            world_config=arch["world"],
             space="delta",
         )
     for dataset, (module, path) in heads_by_dataset.items():
         metadata = {
-            "dataset": dataset, "backbone": arch["backbone"], "backbone_digest": parameter_digest(backbone),
-            "frame_size": arch["frame_size"], "official": str(path.resolve()),
+            "dataset": dataset,
+            "backbone": arch["backbone"],
+            "backbone_digest": parameter_digest(backbone),
+            "frame_size": arch["frame_size"],
+            "official": str(path.resolve()),
         }
         written[f"heads_{dataset}"] = save_heads(module, out / f"heads_{dataset}.safetensors", metadata)
     written["config"] = out / "config.yaml"

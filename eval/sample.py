@@ -65,16 +65,28 @@ def sample_and_describe(
     h, w = frames.shape[-2:]
     grid = backbone.grid(h, w)
     tokens, hyps = sample_futures(
-        world, space, feats[:, :context], times[:, :context], future_times,
-        grid=grid, black=backbone.black_features(h, w), samples=samples, generator=generator,
+        world,
+        space,
+        feats[:, :context],
+        times[:, :context],
+        future_times,
+        grid=grid,
+        black=backbone.black_features(h, w),
+        samples=samples,
+        generator=generator,
     )
     truth = feats[:, context:] if feats.shape[1] == context + future_times.shape[1] else None
     stats = diversity_stats(hyps, truth, times=future_times[0].tolist(), tokens=tokens)
     (out_dir / "diversity.json").write_text(json.dumps(stats, indent=2) + "\n")
     hypothesis_grid(
-        out_dir / figure_name, frames=frames[0].cpu(), context_feats=feats[0, :context].cpu(),
-        hypotheses=hyps[0].cpu(), future_feats=None if truth is None else truth[0].cpu(), grid=grid,
-        times=torch.cat((times[:, :context], future_times), 1)[0].tolist(), max_rows=figure_rows,
+        out_dir / figure_name,
+        frames=frames[0].cpu(),
+        context_feats=feats[0, :context].cpu(),
+        hypotheses=hyps[0].cpu(),
+        future_feats=None if truth is None else truth[0].cpu(),
+        grid=grid,
+        times=torch.cat((times[:, :context], future_times), 1)[0].tolist(),
+        max_rows=figure_rows,
     )
     return tokens, hyps, grid
 
@@ -96,7 +108,9 @@ def check_distinct_context(times: torch.Tensor, frames: torch.Tensor, source: st
     """A context whose frames repeat (a source with fewer distinct frames than asked, or a start
     near the end) gives the world model no motion to continue: refused, naming the source."""
     tc = frames.shape[1]
-    repeated = [i for i in range(1, tc) if times[0, i] <= times[0, i - 1] or torch.equal(frames[0, i], frames[0, i - 1])]
+    repeated = [
+        i for i in range(1, tc) if times[0, i] <= times[0, i - 1] or torch.equal(frames[0, i], frames[0, i - 1])
+    ]
     if repeated:
         raise ValueError(
             f"{source}: context frames {repeated} repeat the frame before (times {times[0].tolist()}); "
@@ -128,9 +142,18 @@ def run_sample(cfg: DictConfig) -> Path:
         future_times = times[:, context - 1 : context] + cfg.stride * torch.arange(1, horizon + 1, device=device)
 
     tokens, hyps, grid = sample_and_describe(
-        backbone, space, world, frames, times, future_times, context=context, samples=cfg.samples,
-        generator=torch.Generator(device=device).manual_seed(cfg.seed), out_dir=out_dir,
-        figure_name="hypotheses.png", figure_rows=cfg.figure_rows,
+        backbone,
+        space,
+        world,
+        frames,
+        times,
+        future_times,
+        context=context,
+        samples=cfg.samples,
+        generator=torch.Generator(device=device).manual_seed(cfg.seed),
+        out_dir=out_dir,
+        figure_name="hypotheses.png",
+        figure_rows=cfg.figure_rows,
     )
     atomic_save_safetensors(
         {

@@ -22,7 +22,9 @@ from deltaworld.eval.records import Record
 from deltaworld.tokenizer.backbone import Backbone
 
 
-def head_losses(heads: nn.ModuleDict, feats: torch.Tensor, grid: tuple[int, int], labels: dict, layout) -> dict[str, torch.Tensor]:
+def head_losses(
+    heads: nn.ModuleDict, feats: torch.Tensor, grid: tuple[int, int], labels: dict, layout
+) -> dict[str, torch.Tensor]:
     """Per-task training losses of heads on features (B, N, D) against label halves (B, h, w)."""
     losses = {}
     for task, target in labels.items():
@@ -60,8 +62,15 @@ def train_heads(
         for epoch in range(epochs):
             sums: dict[str, float] = {}
             steps = 0
-            batches = labelled_batches(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=True, seed=seed + epoch)
-            bar = tqdm(batches, desc=f"{what} epoch {epoch + 1}/{epochs}", unit="batch", total=math.ceil(len(dataset) / batch_size))
+            batches = labelled_batches(
+                dataset, batch_size=batch_size, num_workers=num_workers, shuffle=True, seed=seed + epoch
+            )
+            bar = tqdm(
+                batches,
+                desc=f"{what} epoch {epoch + 1}/{epochs}",
+                unit="batch",
+                total=math.ceil(len(dataset) / batch_size),
+            )
             for batch in bar:
                 frames, _, labels, layout = crop_batch(batch, heads)
                 with torch.set_grad_enabled(train_backbone):

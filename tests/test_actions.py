@@ -17,7 +17,9 @@ from deltaworld.worldmodel.deltaworld import DeltaWorld
 
 def tiny_world(token_dim: int, k: int = 2) -> DeltaWorld:
     torch.manual_seed(0)
-    return DeltaWorld(token_dim=token_dim, tokens_per_frame=k, dim=32, depth=2, num_heads=2, rope_dim=8, layer_scale_init=1.0)
+    return DeltaWorld(
+        token_dim=token_dim, tokens_per_frame=k, dim=32, depth=2, num_heads=2, rope_dim=8, layer_scale_init=1.0
+    )
 
 
 def test_action_source_is_seeded_and_actions_move_the_agent():
@@ -26,10 +28,12 @@ def test_action_source_is_seeded_and_actions_move_the_agent():
     assert a["frames"].shape == (5, 3, 32, 32) and a["actions"].shape == (5, 2)
     assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["actions"], b["actions"])
     torch.testing.assert_close(a["timestamps"], torch.arange(5) / 10.0)
+
     # the agent's dark core: its centre moves by action * max_step * size (unless clamped at a border)
     def core_centre(frame):
         ys, xs = np.nonzero((frame.numpy() == 20).all(0))
         return np.array([xs.mean(), ys.mean()])
+
     moved = core_centre(a["frames"][1]) - core_centre(a["frames"][0])
     np.testing.assert_allclose(moved, a["actions"][0].numpy() * 3.2, atol=1.0)
 
@@ -44,7 +48,9 @@ def test_actions_concatenate_on_channels_and_condition_the_rollout():
     given = torch.rand(2, 3, 3) * 2 - 1
 
     def roll(context, future_actions):
-        return world.rollout(context, times, future, samples=2, noise=noise, feedback=action_feedback(future_actions, 2))
+        return world.rollout(
+            context, times, future, samples=2, noise=noise, feedback=action_feedback(future_actions, 2)
+        )
 
     base = roll(joint, given)
     assert torch.equal(base[..., 8:], given[:, None, :, None].expand(-1, 2, -1, 2, -1))  # actions written in
@@ -54,20 +60,33 @@ def test_actions_concatenate_on_channels_and_condition_the_rollout():
     other_past = roll(with_actions(tokens, -actions), given)
     assert not torch.allclose(base[:, :, 0, :, :8], other_past[:, :, 0, :, :8])
     # without feedback the rollout is the plain one
-    torch.testing.assert_close(world.rollout(joint, times, future, samples=2, noise=noise)[:, :, 0, :, :8], base[:, :, 0, :, :8])
+    torch.testing.assert_close(
+        world.rollout(joint, times, future, samples=2, noise=noise)[:, :, 0, :, :8], base[:, :, 0, :, :8]
+    )
 
 
 def test_pixel_futures_change_with_actions():
     torch.manual_seed(0)
-    tok = PixelDeltaToken(patch_size=4, dim=32, num_heads=2, depth=1, num_tokens=2, token_dim=8, layer_scale_init=1.0).eval()
+    tok = PixelDeltaToken(
+        patch_size=4, dim=32, num_heads=2, depth=1, num_tokens=2, token_dim=8, layer_scale_init=1.0
+    ).eval()
     torch.nn.init.normal_(tok.head[1].weight, std=0.05)
     world = tiny_world(10)
     clip = ActionSource(num_frames=5, height=16, width=16).sample_clip(np.random.default_rng(0))
     frames, times, actions = to_unit(clip["frames"])[None], clip["timestamps"][None], clip["actions"][None]
 
     def futures(future_actions):
-        return sample_action_futures(world, tok, frames[:, :3], times[:, :3], actions[:, :3], times[:, 3:],
-                                     future_actions=future_actions, samples=2, generator=torch.Generator().manual_seed(0))
+        return sample_action_futures(
+            world,
+            tok,
+            frames[:, :3],
+            times[:, :3],
+            actions[:, :3],
+            times[:, 3:],
+            future_actions=future_actions,
+            samples=2,
+            generator=torch.Generator().manual_seed(0),
+        )
 
     a, b = futures(actions[:, 3:]), futures(-actions[:, 3:])
     assert a.shape == (1, 2, 2, 3, 16, 16)
@@ -97,8 +116,10 @@ def test_world_learns_to_use_actions():
         opt.step()
     tokens, actions = batch()
     with torch.no_grad():
+
         def error(context_actions):
             pred = world.rollout(with_actions(tokens[:, :3], context_actions), times[:, :3], times[:, 3:], samples=1)
             return (pred[:, 0, 0, :, :4] - tokens[:, 3]).pow(2).mean()
+
         true, shuffled = error(actions[:, :3]), error(actions[:, :3].roll(1, 0))
     assert true < 0.5 * shuffled, (true, shuffled)

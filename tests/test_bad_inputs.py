@@ -5,7 +5,6 @@ import logging
 import shutil
 
 import pytest
-from conftest import compose_train
 from test_shards import SETTINGS, make_inputs
 from test_training import FAST
 
@@ -16,6 +15,8 @@ from deltaworld.data.shards import PackSettings, pack_shards
 from deltaworld.data.sources import MiddleClips
 from deltaworld.data.stream import SkipBadItems
 from deltaworld.tokenizer.fit import run_training
+
+from conftest import compose_train
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +35,14 @@ def shards(tmp_path_factory):
 def test_training_stream_skips_a_truncated_shard_and_lists_it(shards, tmp_path, caplog):
     good, truncated = shards
     listing = tmp_path / BAD_INPUTS_FILE
-    stream = ShardStream([str(good[0]), str(truncated)], ClipDecoder(ClipSampler(num_frames=4, height=32, width=32)),
-                         infinite=True, shuffle=False, limit=6, bad_inputs=str(listing))
+    stream = ShardStream(
+        [str(good[0]), str(truncated)],
+        ClipDecoder(ClipSampler(num_frames=4, height=32, width=32)),
+        infinite=True,
+        shuffle=False,
+        limit=6,
+        bad_inputs=str(listing),
+    )
     with caplog.at_level(logging.WARNING):
         clips = list(stream)  # epochs go on past the truncated shard
     assert len(clips) == 6
@@ -47,8 +54,11 @@ def test_training_stream_skips_a_truncated_shard_and_lists_it(shards, tmp_path, 
 
 def test_evaluation_stream_names_the_truncated_shard(shards):
     good, truncated = shards
-    stream = ShardStream([str(good[0]), str(truncated)], ClipDecoder(ClipSampler(num_frames=4, height=32, width=32),
-                         eval=True), infinite=False)
+    stream = ShardStream(
+        [str(good[0]), str(truncated)],
+        ClipDecoder(ClipSampler(num_frames=4, height=32, width=32), eval=True),
+        infinite=False,
+    )
     with pytest.raises(BadClipError, match="truncated.tar"):
         list(stream)
 
@@ -81,8 +91,15 @@ def test_training_with_bad_inputs_runs_through_validation(tmp_path, shards, data
             shutil.copy(path, root / path.name)
         root = f"{root / truncated.name}::{root / good[0].name}"  # validation reads the truncated one first
         extra, bad_name = ["data.num_workers=0"], "truncated.tar"
-    overrides = [*FAST, f"data={data}", f"data.root={root}", "data.source.num_frames=3", "trainer.max_steps=2",
-                 "trainer.val_check_interval=1", *extra]
+    overrides = [
+        *FAST,
+        f"data={data}",
+        f"data.root={root}",
+        "data.source.num_frames=3",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=1",
+        *extra,
+    ]
     export = run_training(compose_train(overrides, tmp_path / "run"))
     assert export.is_file()
     skipped = read_bad_inputs(tmp_path / "run")

@@ -73,8 +73,11 @@ def make_kitti(root: Path, *, last: int = 21, h: int = 375, w: int = 1242) -> Pa
     depth[-1, :] = 90 * 256  # beyond 80 m: invalid
     for i in range(5, last + 1):
         Image.fromarray(depth).save(depth_dir / f"{i:010d}.png")
-    lines = [f"{KITTI_DATE}/{KITTI_DRIVE}/image_02/data/{i:010d}.png {KITTI_DRIVE}/proj_depth/groundtruth/image_02/{i:010d}.png 721.5377"
-             for i in (3, 19, last)]
+    lines = [
+        f"{KITTI_DATE}/{KITTI_DRIVE}/image_02/data/{i:010d}.png "
+        f"{KITTI_DRIVE}/proj_depth/groundtruth/image_02/{i:010d}.png 721.5377"
+        for i in (3, 19, last)
+    ]
     lines.append(f"{KITTI_DATE}/{KITTI_DRIVE}/image_02/data/{last - 1:010d}.png None 721.5377")
     (root / "eigen.txt").write_text("\n".join(lines) + "\n")
     return root
@@ -154,7 +157,9 @@ def test_kitti_train_excludes_eigen_test_drives(tmp_path):
     (tmp_path / "2011_09_28" / other / "image_02" / "data").mkdir(parents=True)
     for i in range(3):
         grey(i, 375, 1242).save(tmp_path / "2011_09_28" / other / "image_02" / "data" / f"{i:010d}.png")
-        Image.fromarray(np.full((375, 1242), 512, np.uint16)).save(tmp_path / "train" / other / "proj_depth" / "groundtruth" / "image_02" / f"{i:010d}.png")
+        Image.fromarray(np.full((375, 1242), 512, np.uint16)).save(
+            tmp_path / "train" / other / "proj_depth" / "groundtruth" / "image_02" / f"{i:010d}.png"
+        )
     (tmp_path / "train" / KITTI_DRIVE).mkdir()  # a test drive under train/ must be left out
     ds = KITTI(root=tmp_path, split="train", frame_size=32, split_file=tmp_path / "eigen.txt", train_interval=2)
     assert len(ds) == 2 and frame_numbers(ds[1]["frames"]) == [2]

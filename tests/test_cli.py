@@ -22,9 +22,15 @@ for name in COMMANDS:
 """
 # a key each command's options list, with its default
 OPTIONS = {
-    "train": "export_name: tokenizer.safetensors", "demo": "backbone_stage:", "sample": "world_ckpt: ???",
-    "heads": "backbone_from: null", "eval": "heads: ???", "shards": "format: video", "codec": "action: ???",
-    "import-official": "out: ???", "bench": "what: ???",
+    "train": "export_name: tokenizer.safetensors",
+    "demo": "backbone_stage:",
+    "sample": "world_ckpt: ???",
+    "heads": "backbone_from: null",
+    "eval": "heads: ???",
+    "shards": "format: video",
+    "codec": "action: ???",
+    "import-official": "out: ???",
+    "bench": "what: ???",
 }
 COMPOSED = ("train", "demo", "heads", "eval", "import-official")  # commands composed from config groups
 

@@ -21,10 +21,21 @@ SIZE = 16
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     model = tiny_pixel(key_tokens=4)
-    config = {"patch_size": 4, "dim": 32, "num_heads": 2, "depth": 1, "num_tokens": 2, "token_dim": 8, "key_tokens": 4,
-              "layer_scale_init": 1.0, "diffusion": {"dim": 32, "depth": 1, "num_heads": 2, "layer_scale_init": 1.0}}
+    config = {
+        "patch_size": 4,
+        "dim": 32,
+        "num_heads": 2,
+        "depth": 1,
+        "num_tokens": 2,
+        "token_dim": 8,
+        "key_tokens": 4,
+        "layer_scale_init": 1.0,
+        "diffusion": {"dim": 32, "depth": 1, "num_heads": 2, "layer_scale_init": 1.0},
+    }
     path = tmp_path_factory.mktemp("ckpt") / "tok.safetensors"
-    return export_safetensors(model, path, metadata={"kind": "pixel_tokenizer", "frame_size": SIZE, "tokenizer": config})
+    return export_safetensors(
+        model, path, metadata={"kind": "pixel_tokenizer", "frame_size": SIZE, "tokenizer": config}
+    )
 
 
 def token_file(path):
@@ -38,7 +49,9 @@ def test_every_frame_of_an_irregular_video_is_encoded_at_its_true_time(tmp_path,
     encode_file(video, tmp_path / "vfr.dtok", ckpt=ckpt)
     tensors, meta = token_file(tmp_path / "vfr.dtok")
     assert meta["num_frames"] == len(VFR_TICKS) and meta["kind"] == "pixel_tokens"
-    torch.testing.assert_close(tensors["timestamps"], torch.tensor(VFR_TICKS, dtype=torch.float64) / 30, atol=1e-3, rtol=0)  # mkv: ms
+    torch.testing.assert_close(
+        tensors["timestamps"], torch.tensor(VFR_TICKS, dtype=torch.float64) / 30, atol=1e-3, rtol=0
+    )  # mkv: ms
     decode_file(tmp_path / "vfr.dtok", tmp_path / "vfr.mp4")
     assert len(list(iter_frames(tmp_path / "vfr.mp4"))) == len(VFR_TICKS)
 
@@ -79,4 +92,3 @@ def test_damaged_token_files_are_refused_before_any_output(tmp_path, ckpt):
     truncated.write_bytes(good.read_bytes()[:40])
     with pytest.raises(ValueError, match="truncated.dtok is not a readable token file"):
         read_token_file(truncated)
-

@@ -45,9 +45,7 @@ def test_render_clip_deterministic_by_seed():
 def test_render_clip_shapes_and_ranges(shape):
     T, H, W = shape
     for seed in range(5):
-        clip = render_clip(
-            np.random.default_rng(seed), num_frames=T, height=H, width=W, num_classes=5
-        )
+        clip = render_clip(np.random.default_rng(seed), num_frames=T, height=H, width=W, num_classes=5)
         assert clip["frames"].shape == (T, 3, H, W) and clip["frames"].dtype == torch.uint8
         assert clip["timestamps"].shape == (T,) and clip["timestamps"].dtype == torch.float32
         assert clip["segmentation"].shape == (T, H, W) and clip["segmentation"].dtype == torch.int64
@@ -174,9 +172,7 @@ def test_decode_frames_beyond_stream_raises(grey_video):
 def test_broken_files_raise_naming_the_file(tmp_path, grey_video, kind):
     path = tmp_path / f"broken_{kind}.mp4"
     data = open(grey_video, "rb").read()
-    path.write_bytes(
-        {"zero": b"", "truncated": data[: len(data) // 2], "text": b"not a video\n" * 50}[kind]
-    )
+    path.write_bytes({"zero": b"", "truncated": data[: len(data) // 2], "text": b"not a video\n" * 50}[kind])
     for call in (lambda: probe_video(path), lambda: decode_frames(path, [0.0])):
         with pytest.raises(VideoDecodeError, match=f"broken_{kind}.mp4"):
             call()
@@ -189,9 +185,7 @@ def test_video_folder_source(tmp_path):
     (tmp_path / "sub").mkdir()
     write_video(tmp_path / "sub" / "a.mkv", grey_frames(20, 32, 48), FPS)
     (tmp_path / "notes.txt").write_text("ignored")
-    source = VideoFolderSource(
-        tmp_path, num_frames=4, height=16, width=16, min_gap=0.1, max_gap=0.3
-    )
+    source = VideoFolderSource(tmp_path, num_frames=4, height=16, width=16, min_gap=0.1, max_gap=0.3)
     assert isinstance(source, ClipSource) and len(source.files) == 1
     clip = source.sample_clip(np.random.default_rng(0))
     assert clip.keys() == {"frames", "timestamps"}

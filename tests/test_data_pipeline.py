@@ -7,7 +7,6 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import compose_train
 from hydra.utils import instantiate
 from PIL import Image
 from test_benchmarks_data import make_vspw
@@ -26,6 +25,8 @@ from deltaworld.data.sources import LabelledClipSource, MiddleClips, VideoFolder
 from deltaworld.data.stream import ClipStream
 from deltaworld.data.video import decode_frames, torchcodec_available, write_video
 from deltaworld.tokenizer.fit import training_data
+
+from conftest import compose_train
 
 VFR_TICKS = [0, 2, 9, 10, 21, 30, 31, 42]  # frame i of vfr.mkv is shown at VFR_TICKS[i] / 30 s
 

@@ -17,17 +17,27 @@ from deltaworld.tokenizer.training import parameter_digest
 
 
 @pytest.mark.parametrize(
-    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
 )
 def test_demo_pretrains_the_stand_in_backbone_and_scores_every_method(tmp_path, device):
     with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         cfg = compose(
             config_name="demo",
             overrides=[
-                *FAST, "trainer.max_steps=2", f"out_dir={tmp_path}", "run_dir=unused", f"device={device}",
-                "backbone_stage.num_clips=8", "backbone_stage.epochs=1", "backbone_stage.batch_size=4",
-                "heads_stage.epochs=1", "world_stage.samples=2",
-                "eval.clips=2", "eval.batch_size=2", "eval.figure_clips=1",
+                *FAST,
+                "trainer.max_steps=2",
+                f"out_dir={tmp_path}",
+                "run_dir=unused",
+                f"device={device}",
+                "backbone_stage.num_clips=8",
+                "backbone_stage.epochs=1",
+                "backbone_stage.batch_size=4",
+                "heads_stage.epochs=1",
+                "world_stage.samples=2",
+                "eval.clips=2",
+                "eval.batch_size=2",
+                "eval.figure_clips=1",
             ],
         )
         with open_dict(cfg):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FRAME, compose_train, make_deltatok
 from test_benchmarks_data import make_kitti, make_vspw
 from test_training import FAST, cli
 from test_world_training import WORLD_FAST
@@ -19,17 +18,19 @@ from torch.utils.data import Dataset
 from deltaworld.data.kitti import KITTI
 from deltaworld.data.labelled import SyntheticLabelled
 from deltaworld.data.vspw import VSPW
-from deltaworld.tokenizer.fit import run_training
 from deltaworld.eval.crops import crops_to_label_halves, split_labels, square_crops
 from deltaworld.eval.forecast import evaluate_forecasts, forecast_figure, labelled_batches, oracle
 from deltaworld.eval.heads import DepthHead, build_heads, load_heads, save_heads
 from deltaworld.eval.metrics import DenseMetrics
 from deltaworld.eval.train_heads import evaluate_heads, train_heads
 from deltaworld.tokenizer.backbone import build_backbone
+from deltaworld.tokenizer.fit import run_training
 from deltaworld.tokenizer.training import parameter_digest
 from deltaworld.worldmodel.deltaworld import DeltaWorld
 from deltaworld.worldmodel.sampling import ForecastCase, copy_last, sample_futures, world_forecaster
 from deltaworld.worldmodel.spaces import DeltaTokens
+
+from conftest import FRAME, compose_train, make_deltatok
 
 
 def one_hot_logits(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -67,14 +68,18 @@ def test_two_crop_split_scores_every_label_pixel_exactly_once(size):
 
 
 # (frame h, w, label h, w); the last is KITTI-like: 2:1 frames of wider labels
-@pytest.mark.parametrize("size", [(6, 9, 12, 18), (9, 6, 18, 12), (8, 16, 16, 32), (10, 17, 10, 17), (17, 10, 17, 10), (4, 8, 6, 22)])
+@pytest.mark.parametrize(
+    "size", [(6, 9, 12, 18), (9, 6, 18, 12), (8, 16, 16, 32), (10, 17, 10, 17), (17, 10, 17, 10), (4, 8, 6, 22)]
+)
 def test_crop_predictions_land_on_the_label_pixels_they_saw(size):
     """An identity 'model' on coordinate maps: each label half must receive the coordinates of
     its own pixels from the crop that covers them (odd label sizes and other label aspects too)."""
     h, w, lh, lw = size
+
     def coords(hh: int, ww: int) -> torch.Tensor:  # (1, 2, hh, ww): x and y of pixel centres in [0, 1]
         y, x = torch.meshgrid((torch.arange(hh) + 0.5) / hh, (torch.arange(ww) + 0.5) / ww, indexing="ij")
         return torch.stack([x, y])[None]
+
     crops, layout = square_crops(coords(h, w))
     truth = torch.cat([split_labels(c[None], layout, fill=-1)[:, None] for c in coords(lh, lw)[0]], 1)
     pred = crops_to_label_halves(crops, truth.shape[-2:], layout)  # (2, 2, h', w')
@@ -127,15 +132,23 @@ class PatchColours(Dataset):
 def test_heads_learn_a_trivial_case_and_survive_a_round_trip(tiny_backbone, tmp_path):
     train, held_out = PatchColours(32, seed=0), PatchColours(16, seed=1)
     heads = build_heads(in_dim=tiny_backbone.dim, num_classes=3, depth_range=PatchColours.depth_range)
-    untrained = {r.metric: r.value for r in evaluate_heads(backbone=tiny_backbone, heads=heads, dataset=held_out, batch_size=8)}
-    history = train_heads(backbone=tiny_backbone, heads=heads, dataset=train, epochs=12, batch_size=8, lr=3e-2, weight_decay=0.0)
-    scores = {r.metric: r.value for r in evaluate_heads(backbone=tiny_backbone, heads=heads, dataset=held_out, batch_size=8)}
+    untrained = {
+        r.metric: r.value for r in evaluate_heads(backbone=tiny_backbone, heads=heads, dataset=held_out, batch_size=8)
+    }
+    history = train_heads(
+        backbone=tiny_backbone, heads=heads, dataset=train, epochs=12, batch_size=8, lr=3e-2, weight_decay=0.0
+    )
+    scores = {
+        r.metric: r.value for r in evaluate_heads(backbone=tiny_backbone, heads=heads, dataset=held_out, batch_size=8)
+    }
     assert history[-1]["segmentation"] < history[0]["segmentation"]
     assert scores["miou"] > 0.9 and scores["depth_rmse"] < 0.5 * untrained["depth_rmse"]
 
     path = save_heads(heads, tmp_path / "heads.safetensors", {"dataset": "patch_colours"})
     loaded, meta = load_heads(path)
-    again = {r.metric: r.value for r in evaluate_heads(backbone=tiny_backbone, heads=loaded, dataset=held_out, batch_size=8)}
+    again = {
+        r.metric: r.value for r in evaluate_heads(backbone=tiny_backbone, heads=loaded, dataset=held_out, batch_size=8)
+    }
     assert meta["dataset"] == "patch_colours" and again == pytest.approx(scores)
 
 
@@ -151,7 +164,16 @@ def test_training_the_backbone_with_its_heads_moves_it_and_leaves_it_frozen():
         black = backbone.black_features(FRAME, FRAME)  # cached before training
         torch.manual_seed(0)
         heads = build_heads(in_dim=backbone.dim, num_classes=3, depth_range=PatchColours.depth_range)
-        history = train_heads(backbone=backbone, heads=heads, dataset=train, epochs=3, batch_size=8, lr=3e-3, weight_decay=0.0, train_backbone=train_backbone)
+        history = train_heads(
+            backbone=backbone,
+            heads=heads,
+            dataset=train,
+            epochs=3,
+            batch_size=8,
+            lr=3e-3,
+            weight_decay=0.0,
+            train_backbone=train_backbone,
+        )
         return backbone, history[-1]["depth"], black
 
     frozen, frozen_loss, _ = fit(False)
@@ -167,17 +189,39 @@ def test_best_is_the_closest_hypothesis_and_mean_averages_features(tiny_backbone
     torch.manual_seed(0)
     deltatok = strengthen(make_deltatok(tiny_backbone)).eval()
     space = DeltaTokens(deltatok)
-    world = strengthen(DeltaWorld(token_dim=deltatok.token_dim, tokens_per_frame=deltatok.num_tokens, dim=32, depth=1, num_heads=2, rope_dim=12)).eval()
+    world = strengthen(
+        DeltaWorld(
+            token_dim=deltatok.token_dim,
+            tokens_per_frame=deltatok.num_tokens,
+            dim=32,
+            depth=1,
+            num_heads=2,
+            rope_dim=12,
+        )
+    ).eval()
     feats = torch.randn(2, 5, 16, tiny_backbone.dim)
     times = torch.linspace(0, 1, 5).repeat(2, 1)
     case = ForecastCase(
-        horizon=2, grid=(4, 4), context_feats=feats[:, :3], context_times=times[:, :3], future_times=times[:, 3:],
-        future_feats=feats[:, 3:], target_feats=feats[:, -1], black=torch.zeros(16, tiny_backbone.dim),
+        horizon=2,
+        grid=(4, 4),
+        context_feats=feats[:, :3],
+        context_times=times[:, :3],
+        future_times=times[:, 3:],
+        future_feats=feats[:, 3:],
+        target_feats=feats[:, -1],
+        black=torch.zeros(16, tiny_backbone.dim),
     )
     out = world_forecaster(world, space, samples=6, generator=torch.Generator().manual_seed(3))(case)
     _, hyps = sample_futures(
-        world, space, case.context_feats, case.context_times, case.future_times, grid=(4, 4), black=case.black,
-        samples=6, generator=torch.Generator().manual_seed(3),
+        world,
+        space,
+        case.context_feats,
+        case.context_times,
+        case.future_times,
+        grid=(4, 4),
+        black=case.black,
+        samples=6,
+        generator=torch.Generator().manual_seed(3),
     )
     last = hyps[:, :, -1]  # (B, M, N, D) at the target frame
     errors = (last - case.target_feats[:, None]).pow(2).mean((-2, -1))  # (B, M)
@@ -190,16 +234,46 @@ def test_best_is_the_closest_hypothesis_and_mean_averages_features(tiny_backbone
 @pytest.fixture(scope="module")
 def world_ckpt(tmp_path_factory):
     tokenizer = run_training(compose_train([*FAST, "trainer.max_steps=2"], tmp_path_factory.mktemp("tokenizer")))
-    return run_training(compose_train([*WORLD_FAST, f"tokenizer_ckpt={tokenizer}", "trainer.max_steps=2"], tmp_path_factory.mktemp("world")))
+    return run_training(
+        compose_train(
+            [*WORLD_FAST, f"tokenizer_ckpt={tokenizer}", "trainer.max_steps=2"], tmp_path_factory.mktemp("world")
+        )
+    )
 
 
 def test_heads_and_eval_commands_write_every_row_and_figure(tmp_path, world_ckpt):
-    cli(["heads", f"backbone_from={world_ckpt}", "epochs=1", "num_workers=0", "batch_size=4",
-         "data.benchmark.train.num_clips=8", "data.benchmark.eval.num_clips=4", f"out_dir={tmp_path / 'heads'}"], tmp_path)
+    cli(
+        [
+            "heads",
+            f"backbone_from={world_ckpt}",
+            "epochs=1",
+            "num_workers=0",
+            "batch_size=4",
+            "data.benchmark.train.num_clips=8",
+            "data.benchmark.eval.num_clips=4",
+            f"out_dir={tmp_path / 'heads'}",
+        ],
+        tmp_path,
+    )
     heads = tmp_path / "heads" / "heads.safetensors"
-    cli(["eval", f"world_ckpt={world_ckpt}", f"deterministic_ckpt={world_ckpt}", f"heads={heads}", "context=2",
-         "horizons=[1,3]", "samples=3", "num_workers=0", "batch_size=2", "figure_clips=2",
-         "data.benchmark.eval.num_clips=4", "data.benchmark.eval.num_frames=5", f"out_dir={tmp_path / 'eval'}"], tmp_path)
+    cli(
+        [
+            "eval",
+            f"world_ckpt={world_ckpt}",
+            f"deterministic_ckpt={world_ckpt}",
+            f"heads={heads}",
+            "context=2",
+            "horizons=[1,3]",
+            "samples=3",
+            "num_workers=0",
+            "batch_size=2",
+            "figure_clips=2",
+            "data.benchmark.eval.num_clips=4",
+            "data.benchmark.eval.num_frames=5",
+            f"out_dir={tmp_path / 'eval'}",
+        ],
+        tmp_path,
+    )
     out = tmp_path / "eval"
     records = json.loads((out / "metrics.json").read_text())
     methods = ["oracle", "copy_last", "tokenizer", "deltaworld_best", "deltaworld_mean", "deterministic"]
@@ -225,7 +299,11 @@ def test_eval_refuses_heads_of_another_backbone_or_label_set(tmp_path, world_ckp
         path = save_heads(heads, tmp_path / f"heads{classes}.safetensors", {"backbone_digest": stored_digest})
         with pytest.raises(ValueError, match=message):
             check_heads(load_heads(path)[1], backbone, dataset, path)
-    good = save_heads(build_heads(in_dim=backbone.dim, num_classes=4, depth_range=(1.0, 60.0)), tmp_path / "good.safetensors", {"backbone_digest": digest})
+    good = save_heads(
+        build_heads(in_dim=backbone.dim, num_classes=4, depth_range=(1.0, 60.0)),
+        tmp_path / "good.safetensors",
+        {"backbone_digest": digest},
+    )
     check_heads(load_heads(good)[1], backbone, dataset, good)
 
 
@@ -242,10 +320,17 @@ def test_benchmark_scores_non_square_datasets_through_two_crops(tmp_path, tiny_b
     dataset = labelled_fixture(kind, tmp_path)
     assert dataset[0]["frames"].shape[-2:] == {"vspw": (28, 47), "kitti": (28, 56)}[kind]
     torch.manual_seed(0)
-    heads = build_heads(in_dim=tiny_backbone.dim, num_classes=dataset.num_classes, depth_range=dataset.depth_range).eval()
+    heads = build_heads(
+        in_dim=tiny_backbone.dim, num_classes=dataset.num_classes, depth_range=dataset.depth_range
+    ).eval()
     records = evaluate_forecasts(
-        backbone=tiny_backbone, batches=labelled_batches(dataset, batch_size=2, num_workers=0, shuffle=False, seed=0),
-        methods=[oracle, copy_last], context=4, horizons=[1, 2], dataset=dataset.name, heads=heads,
+        backbone=tiny_backbone,
+        batches=labelled_batches(dataset, batch_size=2, num_workers=0, shuffle=False, seed=0),
+        methods=[oracle, copy_last],
+        context=4,
+        horizons=[1, 2],
+        dataset=dataset.name,
+        heads=heads,
         num_classes=dataset.num_classes,
     )
     values = {(r.method, r.horizon, r.metric): r.value for r in records}
@@ -253,7 +338,14 @@ def test_benchmark_scores_non_square_datasets_through_two_crops(tmp_path, tiny_b
     metric = "miou" if kind == "vspw" else "depth_rmse"
     assert ("oracle", 1, metric) in values and ("copy_last", 2, metric) in values
     figure = forecast_figure(
-        tmp_path / "f.png", backbone=tiny_backbone, heads=heads, methods=[oracle, copy_last], clip=dataset[0], context=4,
-        horizon=2, num_classes=dataset.num_classes, depth_range=dataset.depth_range,
+        tmp_path / "f.png",
+        backbone=tiny_backbone,
+        heads=heads,
+        methods=[oracle, copy_last],
+        clip=dataset[0],
+        context=4,
+        horizon=2,
+        num_classes=dataset.num_classes,
+        depth_range=dataset.depth_range,
     )
     assert figure.stat().st_size > 0

@@ -50,7 +50,9 @@ def tokenizer_export(tmp_path_factory):
 @pytest.fixture(scope="module")
 def world_export(tmp_path_factory, tokenizer_export):
     run_dir = tmp_path_factory.mktemp("world")
-    return run_training(compose_train([*WORLD_FAST, f"tokenizer_ckpt={tokenizer_export}", "trainer.max_steps=2"], run_dir))
+    return run_training(
+        compose_train([*WORLD_FAST, f"tokenizer_ckpt={tokenizer_export}", "trainer.max_steps=2"], run_dir)
+    )
 
 
 def test_tokenizer_finetunes_at_another_frame_size_then_resumes(tmp_path, tokenizer_export):
@@ -93,7 +95,9 @@ def test_tokenizer_stage_takes_deltatok_from_a_world_export_or_a_checkpoint(tmp_
     assert_same(module.deltatok.state_dict(), strip_prefix(load_file(str(world_export)), "deltatok."))
     last = tokenizer_export.parent / "checkpoints" / "last.ckpt"
     module.load_initial_weights(last)
-    assert_same(module.deltatok.state_dict(), strip_prefix(torch.load(last, weights_only=True)["state_dict"], "deltatok."))
+    assert_same(
+        module.deltatok.state_dict(), strip_prefix(torch.load(last, weights_only=True)["state_dict"], "deltatok.")
+    )
 
 
 def test_weights_that_do_not_fit_are_refused_listing_every_problem(tmp_path, tokenizer_export, world_export):
@@ -111,7 +115,9 @@ def test_weights_that_do_not_fit_are_refused_listing_every_problem(tmp_path, tok
     assert "norm.weight (3,) != (64,)" in message
 
     world = instantiate(compose_train([*WORLD_FAST, f"tokenizer_ckpt={tokenizer_export}"], tmp_path).module)
-    with pytest.raises(ValueError, match=rf"{re.escape(str(tokenizer_export))} does not fit the DeltaWorld .* missing: "):
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(tokenizer_export))} does not fit the DeltaWorld .* missing: "
+    ):
         world.load_initial_weights(tokenizer_export)  # a tokenizer export carries no world model
 
 
@@ -124,14 +130,26 @@ def test_pixel_stages_load_their_exports(tmp_path):
     pixel = ["experiment=pixel_actions_cpu", "frame_size=16", "tokenizer.patch_size=4"]
     cfg = compose_train(pixel, tmp_path)
     source = fresh_module(cfg, seed=0)
-    tok_path = export_safetensors(source.exported(), tmp_path / "tokenizer.safetensors",
-                                  metadata=source.export_metadata(OmegaConf.to_container(cfg, resolve=True)))
+    tok_path = export_safetensors(
+        source.exported(),
+        tmp_path / "tokenizer.safetensors",
+        metadata=source.export_metadata(OmegaConf.to_container(cfg, resolve=True)),
+    )
     fresh = fresh_module(compose_train([*pixel, "frame_size=32"], tmp_path), seed=1)
     fresh.load_initial_weights(tok_path)
     assert_same(fresh.tokenizer.state_dict(), source.tokenizer.state_dict())
 
-    world_cfg = compose_train(["experiment=pixel_world_actions_cpu", f"tokenizer_ckpt={tok_path}",
-                               "world.dim=32", "world.depth=1", "world.num_heads=2", "world.rope_dim=12"], tmp_path)
+    world_cfg = compose_train(
+        [
+            "experiment=pixel_world_actions_cpu",
+            f"tokenizer_ckpt={tok_path}",
+            "world.dim=32",
+            "world.depth=1",
+            "world.num_heads=2",
+            "world.rope_dim=12",
+        ],
+        tmp_path,
+    )
     world = fresh_module(world_cfg, seed=0)
     world_path = export_safetensors(world.exported(), tmp_path / "world.safetensors")
     other = fresh_module(world_cfg, seed=1)
@@ -140,8 +158,10 @@ def test_pixel_stages_load_their_exports(tmp_path):
 
 
 def test_every_stage_builds_its_optimizer_and_schedule_from_the_config(tmp_path):
-    cfg = compose_train([*FAST, "module.optimizer.lr=3e-4", "scheduler@module.scheduler=warmup_cosine",
-                         "trainer.max_steps=150"], tmp_path)
+    cfg = compose_train(
+        [*FAST, "module.optimizer.lr=3e-4", "scheduler@module.scheduler=warmup_cosine", "trainer.max_steps=150"],
+        tmp_path,
+    )
     module = instantiate(cfg.module)
     assert "optimizer" not in module.hparams and "scheduler" not in module.hparams  # plain hparams only
     configured = module.configure_optimizers()
@@ -166,17 +186,35 @@ def test_imported_released_models_fine_tune(tmp_path, caplog):
     deltatok = load_file(str(REFERENCE / "deltatok_tiny.safetensors"))
     predictor = load_file(str(REFERENCE / "predictor_tiny.safetensors"))
     torch.save({k: v for k, v in deltatok.items() if not k.startswith("test.")}, tmp_path / "deltatok.bin")
-    torch.save({"state_dict": {f"predictor.{k}": v for k, v in predictor.items() if not k.startswith("test.")}},
-               tmp_path / "predictor.bin")
+    torch.save(
+        {"state_dict": {f"predictor.{k}": v for k, v in predictor.items() if not k.startswith("test.")}},
+        tmp_path / "predictor.bin",
+    )
     out = tmp_path / "imported"
-    cli_main(["import-official", f"tokenizer_ckpt={tmp_path / 'deltatok.bin'}", f"world_ckpt={tmp_path / 'predictor.bin'}",
-              f"out={out}", "experiment=reference_tiny"])
+    cli_main(
+        [
+            "import-official",
+            f"tokenizer_ckpt={tmp_path / 'deltatok.bin'}",
+            f"world_ckpt={tmp_path / 'predictor.bin'}",
+            f"out={out}",
+            "experiment=reference_tiny",
+        ]
+    )
 
     tokenizer = instantiate(compose_train(["experiment=reference_tiny", "frame_size=128"], tmp_path).module)
     tokenizer.load_initial_weights(out / "tokenizer.safetensors")
     assert_same(tokenizer.deltatok.state_dict(), load_file(str(out / "tokenizer.safetensors")))
-    world_cfg = compose_train(["experiment=reference_world", f"tokenizer_ckpt={out / 'tokenizer.safetensors'}",
-                               "world.dim=64", "world.depth=2", "world.num_heads=4", "world.rope_dim=12"], tmp_path)
+    world_cfg = compose_train(
+        [
+            "experiment=reference_world",
+            f"tokenizer_ckpt={out / 'tokenizer.safetensors'}",
+            "world.dim=64",
+            "world.depth=2",
+            "world.num_heads=4",
+            "world.rope_dim=12",
+        ],
+        tmp_path,
+    )
     world = instantiate(world_cfg.module)
     world_weights = load_file(str(out / "world.safetensors"))
     world.load_initial_weights(out / "world.safetensors")

@@ -64,8 +64,13 @@ def test_wheel_holds_deltaworld_alone(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/", 1)[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"deltaworld"}
-    for path in ("deltaworld/tokenizer/deltatok.py", "deltaworld/data/sources.py", "deltaworld/conf/train.yaml",
-                 "deltaworld/conf/backbone/tiny.yaml", "deltaworld/conf/experiment/cpu_demo.yaml"):
+    for path in (
+        "deltaworld/tokenizer/deltatok.py",
+        "deltaworld/data/sources.py",
+        "deltaworld/conf/train.yaml",
+        "deltaworld/conf/backbone/tiny.yaml",
+        "deltaworld/conf/experiment/cpu_demo.yaml",
+    ):
         assert path in names
 
 

@@ -23,8 +23,16 @@ SIZE = 16  # 4x4 grid of 4x4 patches
 
 def tiny_pixel(**kw) -> PixelDeltaToken:
     torch.manual_seed(0)
-    defaults = dict(patch_size=4, dim=32, num_heads=2, depth=1, num_tokens=2, token_dim=8, layer_scale_init=1.0,
-                    diffusion=dict(dim=32, depth=1, num_heads=2, layer_scale_init=1.0))
+    defaults = dict(
+        patch_size=4,
+        dim=32,
+        num_heads=2,
+        depth=1,
+        num_tokens=2,
+        token_dim=8,
+        layer_scale_init=1.0,
+        diffusion=dict(dim=32, depth=1, num_heads=2, layer_scale_init=1.0),
+    )
     model = PixelDeltaToken(**{**defaults, **kw})
     for p in (*model.head.parameters(), *model.key_head.parameters()):  # zero heads output the reference
         torch.nn.init.normal_(p, std=0.05)
@@ -69,7 +77,11 @@ def test_streaming_equals_batch_exactly():
     assert torch.equal(torch.cat(streamed, 1), tokens)
     assert torch.equal(torch.stack(shown, 1), recon)
     batch_sampled = model.decode_video(
-        model.split_tokens(tokens), (SIZE, SIZE), decoder="diffusion", steps=2, generator=torch.Generator().manual_seed(7)
+        model.split_tokens(tokens),
+        (SIZE, SIZE),
+        decoder="diffusion",
+        steps=2,
+        generator=torch.Generator().manual_seed(7),
     )
     assert torch.equal(torch.stack(sampled, 1), batch_sampled)
     with pytest.raises(ValueError, match="frame 0 takes 4 tokens"):
@@ -140,8 +152,18 @@ def test_diffusion_sample_lands_on_the_predicted_clean_residual(steps, monkeypat
 def test_round_trip_on_tiny_video_beats_copy_last():
     frames = clip(3, gap=0.3)[None]  # (1, 3, 3, 16, 16), large motion between frames
     torch.manual_seed(0)
-    model = PixelDeltaToken(patch_size=4, dim=64, num_heads=4, depth=2, num_tokens=4, token_dim=16, key_tokens=16,
-                            layer_scale_init=1.0, init_std=0.125, diffusion=None)
+    model = PixelDeltaToken(
+        patch_size=4,
+        dim=64,
+        num_heads=4,
+        depth=2,
+        num_tokens=4,
+        token_dim=16,
+        key_tokens=16,
+        layer_scale_init=1.0,
+        init_std=0.125,
+        diffusion=None,
+    )
     module = PixelTokenizerModule(tokenizer=model, **OPTIMIZATION)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(120):
@@ -176,11 +198,16 @@ def test_cpu_preset_module_step_and_export(tmp_path):
     assert module.tokenizer.denoiser.out[1].weight.grad is not None
     from omegaconf import OmegaConf
 
-    path = export_safetensors(module.exported(), tmp_path / "tok.safetensors",
-                              metadata=module.export_metadata(OmegaConf.to_container(cfg, resolve=True)))
+    path = export_safetensors(
+        module.exported(),
+        tmp_path / "tok.safetensors",
+        metadata=module.export_metadata(OmegaConf.to_container(cfg, resolve=True)),
+    )
     loaded, meta = load_pixel_tokenizer(path)
     assert meta["frame_size"] == 16 and loaded.key_tokens == cfg.tokenizer.key_tokens
-    torch.testing.assert_close(loaded.encode_video(to_unit(frames))[0], module.tokenizer.eval().encode_video(to_unit(frames))[0])
+    torch.testing.assert_close(
+        loaded.encode_video(to_unit(frames))[0], module.tokenizer.eval().encode_video(to_unit(frames))[0]
+    )
 
 
 def test_denoiser_gradients_do_not_shrink_the_codec_step():
@@ -204,14 +231,37 @@ def test_codec_command_round_trip(tmp_path, capsys):
     from deltaworld.data.video import write_video
 
     model = tiny_pixel(key_tokens=4)
-    ckpt = export_safetensors(model, tmp_path / "tok.safetensors", metadata={
-        "kind": "pixel_tokenizer", "frame_size": SIZE,
-        "tokenizer": {"_target_": "deltaworld.tokenizer.pixel.PixelDeltaToken", "patch_size": 4, "dim": 32, "num_heads": 2, "depth": 1,
-                      "num_tokens": 2, "token_dim": 8, "key_tokens": 4, "diffusion": {"dim": 32, "depth": 1, "num_heads": 2}},
-    })
+    ckpt = export_safetensors(
+        model,
+        tmp_path / "tok.safetensors",
+        metadata={
+            "kind": "pixel_tokenizer",
+            "frame_size": SIZE,
+            "tokenizer": {
+                "_target_": "deltaworld.tokenizer.pixel.PixelDeltaToken",
+                "patch_size": 4,
+                "dim": 32,
+                "num_heads": 2,
+                "depth": 1,
+                "num_tokens": 2,
+                "token_dim": 8,
+                "key_tokens": 4,
+                "diffusion": {"dim": 32, "depth": 1, "num_heads": 2},
+            },
+        },
+    )
     write_video(tmp_path / "in.mp4", clip(5), fps=10)
     cli_main(["codec", "encode", f"input={tmp_path / 'in.mp4'}", f"output={tmp_path / 'out.dtok'}", f"ckpt={ckpt}"])
-    cli_main(["codec", "decode", f"input={tmp_path / 'out.dtok'}", f"output={tmp_path / 'out.mp4'}", "decoder=diffusion", "steps=2"])
+    cli_main(
+        [
+            "codec",
+            "decode",
+            f"input={tmp_path / 'out.dtok'}",
+            f"output={tmp_path / 'out.mp4'}",
+            "decoder=diffusion",
+            "steps=2",
+        ]
+    )
     text = capsys.readouterr().out
     assert text.count("PSNR") == 2 and "tokens/s of video" in text and "reduction vs VAE" in text
     assert (tmp_path / "out.mp4").is_file()

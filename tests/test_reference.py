@@ -18,6 +18,7 @@ from deltaworld.eval.import_official import reference_architecture
 from deltaworld.tokenizer.official import match_state_dict
 from deltaworld.tokenizer.rope import patch_rope_2d
 from deltaworld.worldmodel.official import load_official_world
+
 from conftest import REFERENCE
 
 ATOL = 1e-5
@@ -70,7 +71,10 @@ def test_backbone_embeddings_every_layer_and_last_hidden_state(reference_backbon
     backbone, ref = reference_backbone
     model, outs = backbone.model, {}
     hooks = [model.norm_pre.register_forward_hook(lambda m, i, o: outs.__setitem__("embeddings_out", o))]
-    hooks += [b.register_forward_hook(lambda m, i, o, n=f"layer_out.{k}": outs.__setitem__(n, o)) for k, b in enumerate(model.blocks)]
+    hooks += [
+        b.register_forward_hook(lambda m, i, o, n=f"layer_out.{k}": outs.__setitem__(n, o))
+        for k, b in enumerate(model.blocks)
+    ]
     last = model.forward_features(ref["pixel_values"])
     for h in hooks:
         h.remove()
@@ -102,8 +106,14 @@ def test_patch_rope_tables(reference_deltatok, reference_backbone):
 def test_encode_decode_and_every_block(reference_deltatok):
     tok, ref = reference_deltatok
     outs = {}
-    hooks = [b.register_forward_hook(lambda m, i, o, n=f"encoder_block_out.{k}": outs.__setitem__(n, o)) for k, b in enumerate(tok.encoder_blocks)]
-    hooks += [b.register_forward_hook(lambda m, i, o, n=f"decoder_block_out.{k}": outs.__setitem__(n, o)) for k, b in enumerate(tok.decoder_blocks)]
+    hooks = [
+        b.register_forward_hook(lambda m, i, o, n=f"encoder_block_out.{k}": outs.__setitem__(n, o))
+        for k, b in enumerate(tok.encoder_blocks)
+    ]
+    hooks += [
+        b.register_forward_hook(lambda m, i, o, n=f"decoder_block_out.{k}": outs.__setitem__(n, o))
+        for k, b in enumerate(tok.decoder_blocks)
+    ]
     z = tok.encode(ref["x"], ref["y"], GRID)
     y_hat = tok.decode(ref["z"], ref["x"], GRID)
     for h in hooks:
@@ -153,7 +163,10 @@ def test_predictor_with_and_without_causal_mask(reference_world):
     mask = causal_mask(ref["q_indices"], ref["k_indices"])
     assert torch.equal(mask, ref["mask"])
     outs = {}
-    hooks = [b.register_forward_hook(lambda m, i, o, n=f"block_out.{k}": outs.__setitem__(n, o)) for k, b in enumerate(predictor.blocks)]
+    hooks = [
+        b.register_forward_hook(lambda m, i, o, n=f"block_out.{k}": outs.__setitem__(n, o))
+        for k, b in enumerate(predictor.blocks)
+    ]
     out = predictor(ref["q"], ref["pos_q"], context=ref["kv"], pos_k=ref["pos_k"], mask=mask)
     for h in hooks:
         h.remove()
@@ -171,7 +184,11 @@ def test_best_of_many_selection(reference_world):
     world, ref = reference_world
     noise = ref["bom.q_samples"]  # (B, T, S, dim)
     losses = world.hypothesis_losses(
-        noise, ref["bom.kv"][:, :, None], ref["bom.pos_k"], ref["bom.targets"][:, :, None], ref["bom.pos_q"],
+        noise,
+        ref["bom.kv"][:, :, None],
+        ref["bom.pos_k"],
+        ref["bom.targets"][:, :, None],
+        ref["bom.pos_q"],
         feature_loss("smooth_l1", beta=0.1),
     )
     assert max_error(losses, ref["bom.losses"]) < ATOL

@@ -23,13 +23,17 @@ def test_lock_refuses_a_second_holder_and_a_dead_holder_leaves_it_free(tmp_path)
     RunFolderLock(tmp_path).release()  # released on exit
     # a holder killed with SIGKILL: the kernel drops its lock
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import time
             from deltaworld.tokenizer.run_folder import RunFolderLock
             lock = RunFolderLock({str(tmp_path)!r})
             print("held", flush=True)
             time.sleep(60)
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -80,10 +84,11 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path):
 
 
 def test_training_refuses_a_held_folder_and_another_experiment_before_writing(tmp_path):
-    from conftest import compose_train
     from test_training import FAST
 
     from deltaworld.tokenizer.fit import run_training
+
+    from conftest import compose_train
 
     run = tmp_path / "run"
     common = [*FAST, "trainer.max_steps=2", "callbacks.model_checkpoint.every_n_train_steps=1"]

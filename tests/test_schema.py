@@ -34,26 +34,52 @@ pytestmark = pytest.mark.filterwarnings("ignore:backbone .* RANDOMLY INITIALISED
 
 # configs as `deltaworld train` resolves them (Hydra `_target_`s, as the previous format stored them)
 BACKBONE = {
-    "_target_": "tokenizer.backbone.build_backbone", "name": "vit_small_patch14_dinov2", "pretrained": False,
-    "checkpoint": None, "img_size": FRAME, "arch": {"depth": 2, "embed_dim": 64, "num_heads": 4},
+    "_target_": "tokenizer.backbone.build_backbone",
+    "name": "vit_small_patch14_dinov2",
+    "pretrained": False,
+    "checkpoint": None,
+    "img_size": FRAME,
+    "arch": {"depth": 2, "embed_dim": 64, "num_heads": 4},
 }
 TOKENIZER = {"_target_": "tokenizer.deltatok.DeltaTok", "_partial_": True, "depth": 1, "layer_scale_init": 1.0}
 WORLD = {
-    "_target_": "deltaworld.worldmodel.deltaworld.DeltaWorld", "_partial_": True,
-    "dim": 32, "depth": 1, "num_heads": 2, "rope_dim": 8, "layer_scale_init": 1.0,
+    "_target_": "deltaworld.worldmodel.deltaworld.DeltaWorld",
+    "_partial_": True,
+    "dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "rope_dim": 8,
+    "layer_scale_init": 1.0,
 }
 PIXEL = {
-    "_target_": "deltaworld.tokenizer.pixel.PixelDeltaToken", "patch_size": 4, "dim": 32, "num_heads": 2, "depth": 1,
-    "num_tokens": 2, "token_dim": 8, "key_tokens": None, "layer_scale_init": 1.0,
+    "_target_": "deltaworld.tokenizer.pixel.PixelDeltaToken",
+    "patch_size": 4,
+    "dim": 32,
+    "num_heads": 2,
+    "depth": 1,
+    "num_tokens": 2,
+    "token_dim": 8,
+    "key_tokens": None,
+    "layer_scale_init": 1.0,
     "diffusion": {"dim": 32, "depth": 1, "num_heads": 2},
 }
 PIXEL_SIZE = 16
 LOADERS: dict[str, Callable] = {
-    "tokenizer": load_tokenizer, "world": load_world, "heads": load_heads,
-    "pixel_tokenizer": load_pixel_tokenizer, "pixel_world": load_pixel_tokenizer,
+    "tokenizer": load_tokenizer,
+    "world": load_world,
+    "heads": load_heads,
+    "pixel_tokenizer": load_pixel_tokenizer,
+    "pixel_world": load_pixel_tokenizer,
 }
-FIELDS = [("tokenizer", "backbone"), ("tokenizer", "tokenizer"), ("world", "world"), ("world", "backbone"),
-          ("heads", "heads"), ("pixel_tokenizer", "tokenizer"), ("pixel_world", "tokenizer")]
+FIELDS = [
+    ("tokenizer", "backbone"),
+    ("tokenizer", "tokenizer"),
+    ("world", "world"),
+    ("world", "backbone"),
+    ("heads", "heads"),
+    ("pixel_tokenizer", "tokenizer"),
+    ("pixel_world", "tokenizer"),
+]
 
 
 def plain(config: dict) -> dict:
@@ -105,8 +131,12 @@ def exports(models, tmp_path_factory) -> dict[str, dict[str, Path]]:
         },
         "world": {
             "current": export_world(
-                m["world"], m["deltatok"], root / "world.safetensors",
-                tokenizer_metadata=tok_meta, world_config=WORLD, space="delta",
+                m["world"],
+                m["deltatok"],
+                root / "world.safetensors",
+                tokenizer_metadata=tok_meta,
+                world_config=WORLD,
+                space="delta",
             ),
             "legacy": export_safetensors(world, root / "world_v0.safetensors", world_legacy),
         },
@@ -121,13 +151,22 @@ def exports(models, tmp_path_factory) -> dict[str, dict[str, Path]]:
             "legacy": export_safetensors(m["pixel"], root / "pixel_v0.safetensors", pixel_legacy),
         },
     }
-    overrides = ["experiment=pixel_world_actions_cpu", f"tokenizer_ckpt={files['pixel_tokenizer']['current']}",
-                 *(f"world.{k}={v}" for k, v in plain(WORLD).items())]
+    overrides = [
+        "experiment=pixel_world_actions_cpu",
+        f"tokenizer_ckpt={files['pixel_tokenizer']['current']}",
+        *(f"world.{k}={v}" for k, v in plain(WORLD).items()),
+    ]
     cfg = OmegaConf.to_container(compose_train(overrides, root), resolve=True)
     module = instantiate(OmegaConf.create(cfg["module"]))
     meta = module.export_metadata(cfg)
-    legacy = {"kind": "pixel_world", "tokenizer": PIXEL, "frame_size": PIXEL_SIZE, "world": WORLD,
-              "token_shape": meta["token_shape"], "action_dim": meta["action_dim"]}
+    legacy = {
+        "kind": "pixel_world",
+        "tokenizer": PIXEL,
+        "frame_size": PIXEL_SIZE,
+        "world": WORLD,
+        "token_shape": meta["token_shape"],
+        "action_dim": meta["action_dim"],
+    }
     files["pixel_world"] = {
         "current": export_safetensors(module.exported(), root / "pixel_world.safetensors", meta),
         "legacy": export_safetensors(module.exported(), root / "pixel_world_v0.safetensors", legacy),
@@ -159,8 +198,11 @@ def outputs(kind: str, loaded: tuple) -> torch.Tensor:
 
 def original(kind: str, models: dict) -> tuple:
     return {
-        "tokenizer": (models["backbone"], models["deltatok"]), "world": (None, None, models["world"]),
-        "heads": (models["heads"],), "pixel_tokenizer": (models["pixel"],), "pixel_world": (models["pixel"],),
+        "tokenizer": (models["backbone"], models["deltatok"]),
+        "world": (None, None, models["world"]),
+        "heads": (models["heads"],),
+        "pixel_tokenizer": (models["pixel"],),
+        "pixel_world": (models["pixel"],),
     }[kind]
 
 
@@ -204,14 +246,17 @@ def test_files_naming_code_are_refused_and_nothing_runs(kind, field, version, ex
     assert victim.read_text() == "keep me" and not marker.exists()
 
 
-@pytest.mark.parametrize(("loader", "kind", "found", "command"), [
-    ("world", "tokenizer", "a tokenizer export", "deltaworld train experiment=world_cpu_demo tokenizer_ckpt="),
-    ("world", "pixel_world", "a pixel_world export", "deltaworld train experiment=world_cpu_demo"),
-    ("tokenizer", "heads", "a heads export", "deltaworld train experiment=cpu_demo"),
-    ("tokenizer", "pixel_tokenizer", "a pixel_tokenizer export", "deltaworld train"),
-    ("pixel_tokenizer", "world", "a world export", "deltaworld train experiment=pixel_cpu"),
-    ("heads", "tokenizer", "a tokenizer export", "deltaworld heads data="),
-])
+@pytest.mark.parametrize(
+    ("loader", "kind", "found", "command"),
+    [
+        ("world", "tokenizer", "a tokenizer export", "deltaworld train experiment=world_cpu_demo tokenizer_ckpt="),
+        ("world", "pixel_world", "a pixel_world export", "deltaworld train experiment=world_cpu_demo"),
+        ("tokenizer", "heads", "a heads export", "deltaworld train experiment=cpu_demo"),
+        ("tokenizer", "pixel_tokenizer", "a pixel_tokenizer export", "deltaworld train"),
+        ("pixel_tokenizer", "world", "a world export", "deltaworld train experiment=pixel_cpu"),
+        ("heads", "tokenizer", "a tokenizer export", "deltaworld heads data="),
+    ],
+)
 def test_a_wrong_kind_is_one_line_naming_the_file_its_kind_and_the_command(loader, kind, found, command, exports):
     for version in ("current", "legacy"):
         path = exports[kind][version]
@@ -231,33 +276,39 @@ def test_unknown_kinds_and_future_versions_are_refused(exports, tmp_path):
         load_world(edited(src, tmp_path / "c.safetensors", "kind", delete=True))
 
 
-@pytest.mark.parametrize(("kind", "key", "message"), [
-    ("tokenizer", "backbone", "metadata has no field 'backbone'"),
-    ("world", "world", "metadata has no field 'world'"),
-    ("world", "token_shape", "metadata has no field 'token_shape'"),
-    ("heads", "heads.in_dim", "metadata field 'heads.in_dim' is missing \\(build_heads requires it\\)"),
-    ("pixel_world", "tokenizer", "metadata has no field 'tokenizer'"),
-])
+@pytest.mark.parametrize(
+    ("kind", "key", "message"),
+    [
+        ("tokenizer", "backbone", "metadata has no field 'backbone'"),
+        ("world", "world", "metadata has no field 'world'"),
+        ("world", "token_shape", "metadata has no field 'token_shape'"),
+        ("heads", "heads.in_dim", "metadata field 'heads.in_dim' is missing \\(build_heads requires it\\)"),
+        ("pixel_world", "tokenizer", "metadata has no field 'tokenizer'"),
+    ],
+)
 def test_missing_fields_are_refused(kind, key, message, exports, tmp_path):
     path = edited(exports[kind]["current"], tmp_path / "x.safetensors", key, delete=True)
     with pytest.raises(SchemaError, match=f"x.safetensors: {message}"):
         LOADERS[kind](path)
 
 
-@pytest.mark.parametrize(("kind", "key", "value", "message"), [
-    ("world", "world.depth", "2", "'world.depth' must be int, got str"),
-    ("world", "world.deterministic", 1, "'world.deterministic' must be bool, got int"),
-    ("world", "world", [1, 2], "'world' must be dict, got list"),
-    ("world", "token_shape", [1], "'token_shape' must be tuple\\[int, int\\], got list"),
-    ("world", "space", 3, "'space' must be str, got int"),
-    ("tokenizer", "tokenizer.depth", True, "'tokenizer.depth' must be int, got bool"),
-    ("tokenizer", "tokenizer.token_dim", "64", "'tokenizer.token_dim' must be int or None, got str"),
-    ("tokenizer", "backbone.arch.depth", 2.5, "'backbone.arch.depth' must be int, got float"),
-    ("tokenizer", "backbone.checkpoint", {"path": "x"}, "'backbone.checkpoint' must be str or None, got dict"),
-    ("heads", "heads.depth_range", [1.0], "'heads.depth_range' must be tuple\\[float, float\\] or None, got list"),
-    ("pixel_tokenizer", "tokenizer.diffusion.depth", "1", "'tokenizer.diffusion.depth' must be int, got str"),
-    ("pixel_world", "tokenizer.num_tokens", None, "'tokenizer.num_tokens' must be int, got None"),
-])
+@pytest.mark.parametrize(
+    ("kind", "key", "value", "message"),
+    [
+        ("world", "world.depth", "2", "'world.depth' must be int, got str"),
+        ("world", "world.deterministic", 1, "'world.deterministic' must be bool, got int"),
+        ("world", "world", [1, 2], "'world' must be dict, got list"),
+        ("world", "token_shape", [1], "'token_shape' must be tuple\\[int, int\\], got list"),
+        ("world", "space", 3, "'space' must be str, got int"),
+        ("tokenizer", "tokenizer.depth", True, "'tokenizer.depth' must be int, got bool"),
+        ("tokenizer", "tokenizer.token_dim", "64", "'tokenizer.token_dim' must be int or None, got str"),
+        ("tokenizer", "backbone.arch.depth", 2.5, "'backbone.arch.depth' must be int, got float"),
+        ("tokenizer", "backbone.checkpoint", {"path": "x"}, "'backbone.checkpoint' must be str or None, got dict"),
+        ("heads", "heads.depth_range", [1.0], "'heads.depth_range' must be tuple\\[float, float\\] or None, got list"),
+        ("pixel_tokenizer", "tokenizer.diffusion.depth", "1", "'tokenizer.diffusion.depth' must be int, got str"),
+        ("pixel_world", "tokenizer.num_tokens", None, "'tokenizer.num_tokens' must be int, got None"),
+    ],
+)
 def test_mistyped_fields_are_refused_naming_file_field_and_argument(kind, key, value, message, exports, tmp_path):
     path = edited(exports[kind]["current"], tmp_path / "x.safetensors", key, value)
     with pytest.raises(SchemaError, match=f"x.safetensors: metadata field {message}"):
@@ -269,29 +320,39 @@ def test_an_int_is_a_fine_float(exports, models, tmp_path):
     torch.testing.assert_close(outputs("world", load_world(path)), outputs("world", original("world", models)))
 
 
-@pytest.mark.parametrize(("kind", "key", "owner"), [
-    ("world", "world.foo", "DeltaWorld"),
-    ("world", "world.token_dim", "DeltaWorld"),  # the loader supplies it, from the token space
-    ("tokenizer", "tokenizer.num_heads", "DeltaTok"),  # from the backbone
-    ("tokenizer", "backbone.init", "build_backbone"),
-    ("heads", "heads.bins", "build_heads"),
-    ("pixel_tokenizer", "tokenizer.diffusion.patch_dim", "PixelDeltaToken"),
-    ("pixel_tokenizer", "tokenizer._partial_", "PixelDeltaToken"),
-])
+@pytest.mark.parametrize(
+    ("kind", "key", "owner"),
+    [
+        ("world", "world.foo", "DeltaWorld"),
+        ("world", "world.token_dim", "DeltaWorld"),  # the loader supplies it, from the token space
+        ("tokenizer", "tokenizer.num_heads", "DeltaTok"),  # from the backbone
+        ("tokenizer", "backbone.init", "build_backbone"),
+        ("heads", "heads.bins", "build_heads"),
+        ("pixel_tokenizer", "tokenizer.diffusion.patch_dim", "PixelDeltaToken"),
+        ("pixel_tokenizer", "tokenizer._partial_", "PixelDeltaToken"),
+    ],
+)
 def test_unknown_arguments_are_refused(kind, key, owner, exports, tmp_path):
     path = edited(exports[kind]["current"], tmp_path / "x.safetensors", key, 1)
     with pytest.raises(SchemaError, match=f"metadata field '{key}' is not an argument {owner} takes from a file"):
         LOADERS[kind](path)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("backbone.arch.checkpoint_path", "/tmp/x.pth", "'backbone.arch.checkpoint_path' is not an argument"),
-    ("backbone.arch.pretrained_cfg_overlay", {"file": "/tmp/x.pth"}, "'backbone.arch.pretrained_cfg_overlay' is not"),
-    ("backbone.arch.norm_layer", "torch.nn.Identity", "'backbone.arch.norm_layer' is not an argument"),
-    ("backbone.arch._target_", "os.remove", "'backbone.arch._target_' is not an argument"),
-    ("backbone.name", "hf-hub:timm/vit_small_patch14_dinov2", "'backbone.name' must be a plain model name"),
-    ("backbone.name", "timm/vit_small_patch14_dinov2", "'backbone.name' must be a plain model name"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("backbone.arch.checkpoint_path", "/tmp/x.pth", "'backbone.arch.checkpoint_path' is not an argument"),
+        (
+            "backbone.arch.pretrained_cfg_overlay",
+            {"file": "/tmp/x.pth"},
+            "'backbone.arch.pretrained_cfg_overlay' is not",
+        ),
+        ("backbone.arch.norm_layer", "torch.nn.Identity", "'backbone.arch.norm_layer' is not an argument"),
+        ("backbone.arch._target_", "os.remove", "'backbone.arch._target_' is not an argument"),
+        ("backbone.name", "hf-hub:timm/vit_small_patch14_dinov2", "'backbone.name' must be a plain model name"),
+        ("backbone.name", "timm/vit_small_patch14_dinov2", "'backbone.name' must be a plain model name"),
+    ],
+)
 def test_backbone_arch_and_name_are_restricted_to_plain_architecture_values(key, value, message, exports, tmp_path):
     for kind in ("tokenizer", "world"):
         path = edited(exports[kind]["current"], tmp_path / f"{kind}.safetensors", key, value)

@@ -117,7 +117,9 @@ def test_slot_positions_cover_each_shard_once_per_epoch():
         for epoch in range(3 if infinite else 1):
             assert sorted(shard for e, shard in read if e == epoch) == list(range(n))
     orders = [[s for _, s in zip(range(7), slot_positions(n, 0, 1, seed=3, shuffle=True, infinite=True), strict=False)]]
-    orders.append([s for _, s in zip(range(7), slot_positions(n, 0, 1, seed=4, shuffle=True, infinite=True), strict=False)])
+    orders.append(
+        [s for _, s in zip(range(7), slot_positions(n, 0, 1, seed=4, shuffle=True, infinite=True), strict=False)]
+    )
     assert orders[0] != orders[1]  # the order depends on the seed
 
 
@@ -186,7 +188,9 @@ def test_shard_datamodule_batches(packed):
     _, out, _ = packed
     dm = ShardDataModule(
         source=ShardSource(str(out["jpeg"]), num_frames=4, height=32, width=32, shuffle_buffer=2),
-        batch_size=3, val_clips=2, seed=0,
+        batch_size=3,
+        val_clips=2,
+        seed=0,
     )
     batch = next(iter(dm.train_dataloader()))
     assert batch["frames"].shape == (3, 4, 3, 32, 32) and batch["timestamps"].shape == (3, 4)
@@ -197,14 +201,21 @@ def test_shard_datamodule_batches(packed):
 
 
 def test_train_from_shards_end_to_end(packed, tmp_path):
-    from conftest import compose_train
     from test_training import FAST
 
     from deltaworld.tokenizer.fit import run_training
 
+    from conftest import compose_train
+
     _, out, _ = packed
-    overrides = [*FAST, "data=shards", f"data.root={out['video']}", "data.num_workers=0", "trainer.max_steps=2",
-                 "trainer.val_check_interval=2"]
+    overrides = [
+        *FAST,
+        "data=shards",
+        f"data.root={out['video']}",
+        "data.num_workers=0",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+    ]
     export = run_training(compose_train(overrides, tmp_path / "run"))
     assert export.is_file()
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -113,10 +113,12 @@ def test_rope_is_relative_and_rotation_is_norm_preserving():
     torch.testing.assert_close(rotated.norm(dim=-1), q.norm(dim=-1))
     # time RoPE: the q.k score depends only on the time difference
     a, b = torch.randn(8), torch.randn(8)
+
     def score(tq, tk):
         cq, sq = time_rope(torch.tensor([tq]), 8)
         ck, sk = time_rope(torch.tensor([tk]), 8)
         return (apply_rope(a[None], cq, sq) * apply_rope(b[None], ck, sk)).sum()
+
     torch.testing.assert_close(score(0.7, 0.2), score(1.9, 1.4), atol=1e-4, rtol=0)  # fp32 angle rounding
     assert not torch.isclose(score(0.7, 0.2), score(0.7, 0.4))
 
@@ -163,8 +165,13 @@ def test_no_weight_decay_on_norms_biases_embeddings(tiny_deltatok):
     decay_ids = {id(p) for p in decay["params"]}
     named = dict(tiny_deltatok.named_parameters())
     assert id(named["encoder_blocks.0.attention.q_proj.weight"]) in decay_ids
-    for name in ["z_embed.weight", "norm.weight", "encoder_blocks.0.attention.q_proj.bias",
-                 "encoder_blocks.0.layer_scale1.lambda1", "encoder_blocks.0.attention.q_norm.weight"]:
+    for name in [
+        "z_embed.weight",
+        "norm.weight",
+        "encoder_blocks.0.attention.q_proj.bias",
+        "encoder_blocks.0.layer_scale1.lambda1",
+        "encoder_blocks.0.attention.q_norm.weight",
+    ]:
         assert id(named[name]) not in decay_ids, name
     assert len(decay["params"]) + len(no_decay["params"]) == len(named)
 

@@ -74,7 +74,9 @@ def test_submitit_launchers_compose():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     with initialize_config_module(config_module="deltaworld.conf", version_base="1.3"):
         for launcher in ["submitit_slurm", "submitit_local", "slurm_gpu"]:
-            cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}", "run_dir=/x"], return_hydra_config=True)
+            cfg = compose(
+                config_name="train", overrides=[f"hydra/launcher={launcher}", "run_dir=/x"], return_hydra_config=True
+            )
             assert "submitit" in cfg.hydra.launcher._target_.lower()
 
 
@@ -110,8 +112,12 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
 def cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "deltaworld.cli", *args], cwd=cwd, env=env,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "deltaworld.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -126,8 +132,10 @@ def test_cli_help_lists_commands(capsys):
 
 @pytest.mark.slow
 def test_two_job_multirun(tmp_path):
-    cli(["train", "-m", *FAST, "tokenizer.depth=1,2", "trainer.max_steps=2",
-         f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path)
+    cli(
+        ["train", "-m", *FAST, "tokenizer.depth=1,2", "trainer.max_steps=2", f"hydra.sweep.dir={tmp_path}"],
+        cwd=tmp_path,
+    )
     for job in ("0", "1"):
         cfg = (tmp_path / job / "config.yaml").read_text()
         assert (tmp_path / job / "tokenizer.safetensors").is_file()
@@ -136,7 +144,17 @@ def test_two_job_multirun(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_keep_identical_weights(tmp_path):
-    cli(["train", *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-         "trainer.max_steps=3", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
+    cli(
+        [
+            "train",
+            *FAST,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.max_steps=3",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+    )
     digests = json.loads((tmp_path / "rank_sync.json").read_text())["digests"]
     assert len(digests) == 2 and digests[0] == digests[1]

@@ -8,8 +8,19 @@ from omegaconf import OmegaConf
 from deltaworld.cli import main as cli_main
 from deltaworld.eval.sample import run_sample
 
-SAMPLE = {"world_ckpt": "unused.safetensors", "video": None, "context": 4, "horizon": 3, "samples": 20, "stride": 0.2,
-          "start": None, "seed": 0, "device": "cpu", "figure_rows": 8}
+SAMPLE = {
+    "world_ckpt": "unused.safetensors",
+    "video": None,
+    "context": 4,
+    "horizon": 3,
+    "samples": 20,
+    "stride": 0.2,
+    "start": None,
+    "seed": 0,
+    "device": "cpu",
+    "figure_rows": 8,
+}
+
 
 def test_figures_are_capped_whatever_the_horizon(tmp_path):
     from PIL import Image
@@ -26,7 +37,9 @@ def test_figures_are_capped_whatever_the_horizon(tmp_path):
 @pytest.mark.parametrize("setting", ["horizon=0", "context=0", "samples=0", "stride=0", "start=-1", "context=2.5"])
 def test_sample_refuses_settings_before_anything_is_read_or_written(tmp_path, setting):
     key, value = setting.split("=")
-    cfg = OmegaConf.create({**SAMPLE, key: float(value) if "." in value else int(value), "out_dir": str(tmp_path / "out")})
+    cfg = OmegaConf.create(
+        {**SAMPLE, key: float(value) if "." in value else int(value), "out_dir": str(tmp_path / "out")}
+    )
     with pytest.raises(ValueError, match=f"{key}="):
         run_sample(cfg)
     assert not (tmp_path / "out").exists()
@@ -56,11 +69,12 @@ def test_debug_switch_shows_the_traceback(tmp_path, monkeypatch, capsys):
 
 
 def test_a_zero_byte_resume_checkpoint_is_named(tmp_path, capsys, monkeypatch):
-    from conftest import compose_train
     from test_training import FAST
 
     from deltaworld.tokenizer.fit import run_training
     from deltaworld.tokenizer.run_folder import RunFolderError
+
+    from conftest import compose_train
 
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")

@@ -4,13 +4,14 @@ import json
 
 import pytest
 import torch
-from conftest import compose_train, synthetic_batch
 from safetensors.torch import load_file
 from test_training import FAST, cli
 
 from deltaworld.data.token_cache import StaleCacheError, read_token_cache, write_token_cache
 from deltaworld.tokenizer.fit import run_training
 from deltaworld.worldmodel.checkpoint import load_world
+
+from conftest import compose_train, synthetic_batch
 
 # 6-frame clips: context 2 + horizon up to 3 in validation
 WORLD_FAST = [
@@ -40,7 +41,9 @@ def tokenizer_ckpt(tmp_path_factory):
 
 
 def test_stale_cache_is_refused_naming_the_field(tmp_path):
-    path = write_token_cache(tmp_path / "c.safetensors", {"tokens": torch.zeros(2, 3, 1, 4)}, {"tokenizer_weights": "aaa", "clips": 2})
+    path = write_token_cache(
+        tmp_path / "c.safetensors", {"tokens": torch.zeros(2, 3, 1, 4)}, {"tokenizer_weights": "aaa", "clips": 2}
+    )
     assert read_token_cache(path, {"tokenizer_weights": "aaa", "clips": 2})["tokens"].shape == (2, 3, 1, 4)
     with pytest.raises(StaleCacheError, match="tokenizer_weights: cache has 'aaa', this run needs 'bbb'"):
         read_token_cache(path, {"tokenizer_weights": "bbb", "clips": 2})
@@ -48,8 +51,12 @@ def test_stale_cache_is_refused_naming_the_field(tmp_path):
 
 def test_world_trains_from_token_cache_exports_and_samples(tmp_path, tokenizer_ckpt):
     cache = tmp_path / "tokens.safetensors"
-    overrides = [*WORLD_FAST, f"tokenizer_ckpt={tokenizer_ckpt}", "trainer.max_steps=3",
-                 f"data.token_cache={{path: {cache}, clips: 4}}"]
+    overrides = [
+        *WORLD_FAST,
+        f"tokenizer_ckpt={tokenizer_ckpt}",
+        "trainer.max_steps=3",
+        f"data.token_cache={{path: {cache}, clips: 4}}",
+    ]
     export = run_training(compose_train(overrides, tmp_path / "run"))
     cached = load_file(str(cache))
     assert cached["tokens"].shape == (4, 6, 1, 64) and cached["timestamps"].shape == (4, 6)
@@ -63,14 +70,28 @@ def test_world_trains_from_token_cache_exports_and_samples(tmp_path, tokenizer_c
         torch.testing.assert_close(ckpt["state_dict"][f"world.{key}"], value)
     metrics = (tmp_path / "run" / "csv").glob("*/metrics.csv")
     header = next(metrics).read_text().splitlines()[0]
-    for name in ("train/loss_best_of_n", "train/loss_mean_hypothesis", "val/feat_loss_deltaworld_best_h1", "val/feat_loss_copy_last_h3"):
+    for name in (
+        "train/loss_best_of_n",
+        "train/loss_mean_hypothesis",
+        "val/feat_loss_deltaworld_best_h1",
+        "val/feat_loss_copy_last_h3",
+    ):
         assert name in header
 
     # the same cache path with another tokenizer is stale: refused, not reused
     other = run_training(compose_train([*FAST, "trainer.max_steps=2", "seed=1"], tmp_path / "other_tokenizer"))
     with pytest.raises(StaleCacheError, match="tokenizer_weights"):
-        run_training(compose_train([*overrides[:-3], f"tokenizer_ckpt={other}", "trainer.max_steps=3",
-                                    f"data.token_cache={{path: {cache}, clips: 4}}"], tmp_path / "run2"))
+        run_training(
+            compose_train(
+                [
+                    *overrides[:-3],
+                    f"tokenizer_ckpt={other}",
+                    "trainer.max_steps=3",
+                    f"data.token_cache={{path: {cache}, clips: 4}}",
+                ],
+                tmp_path / "run2",
+            )
+        )
 
     out = tmp_path / "sample"
     cli(["sample", f"world_ckpt={export}", "context=2", "horizon=3", "samples=5", f"out_dir={out}"], cwd=tmp_path)

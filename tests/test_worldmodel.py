@@ -97,8 +97,12 @@ def test_best_of_n_scores_match_a_brute_force_loop():
     brute = torch.empty(b, t, s)
     for hyp in range(s):
         for frame in range(t):  # one hypothesis, one frame, only its own past, no mask
-            pred = world.predict(world.queries(noise[:, frame, hyp])[:, None, None], times[:, frame + 1, None],
-                                 context=tokens[:, : frame + 1], context_times=times[:, : frame + 1])
+            pred = world.predict(
+                world.queries(noise[:, frame, hyp])[:, None, None],
+                times[:, frame + 1, None],
+                context=tokens[:, : frame + 1],
+                context_times=times[:, : frame + 1],
+            )
             brute[:, frame, hyp] = SMOOTH_L1(pred[:, 0, 0], tokens[:, frame + 1]).mean((-2, -1))
     torch.testing.assert_close(losses, brute, atol=1e-5, rtol=1e-4)
     assert torch.equal(losses.argmin(-1), brute.argmin(-1))
@@ -107,7 +111,9 @@ def test_best_of_n_scores_match_a_brute_force_loop():
 def test_gradient_flows_only_through_the_selected_hypothesis():
     world = tiny_world(tokens_per_frame=2).train()
     tokens, times = torch.randn(2, 5, 2, 24), irregular_times(2, 5)
-    loss, stats = world.teacher_forced_loss(tokens, times, num_hypotheses=8, loss_fn=SMOOTH_L1, generator=torch.Generator().manual_seed(3))
+    loss, stats = world.teacher_forced_loss(
+        tokens, times, num_hypotheses=8, loss_fn=SMOOTH_L1, generator=torch.Generator().manual_seed(3)
+    )
     loss.backward()
     grads = {n: p.grad.clone() for n, p in world.named_parameters()}
     assert stats["loss_best_of_n"] <= stats["loss_mean_hypothesis"]
@@ -117,7 +123,9 @@ def test_gradient_flows_only_through_the_selected_hypothesis():
     with torch.no_grad():
         losses = world.hypothesis_losses(noise, tokens[:, :-1], times[:, :-1], tokens[:, 1:], times[:, 1:], SMOOTH_L1)
     best = noise[torch.arange(2)[:, None], torch.arange(4)[None], losses.argmin(-1)]  # (B, T-1, dim)
-    pred = world.predict(world.queries(best[:, :, None]), times[:, 1:], context=tokens[:, :-1], context_times=times[:, :-1], causal=True)
+    pred = world.predict(
+        world.queries(best[:, :, None]), times[:, 1:], context=tokens[:, :-1], context_times=times[:, :-1], causal=True
+    )
     SMOOTH_L1(pred[:, :, 0], tokens[:, 1:]).mean().backward()
     for name, param in world.named_parameters():
         torch.testing.assert_close(param.grad, grads[name], msg=name)
@@ -125,7 +133,9 @@ def test_gradient_flows_only_through_the_selected_hypothesis():
     # a worse hypothesis would have given another gradient: selection matters
     worst = noise[torch.arange(2)[:, None], torch.arange(4)[None], losses.argmax(-1)]
     world.zero_grad()
-    pred = world.predict(world.queries(worst[:, :, None]), times[:, 1:], context=tokens[:, :-1], context_times=times[:, :-1], causal=True)
+    pred = world.predict(
+        world.queries(worst[:, :, None]), times[:, 1:], context=tokens[:, :-1], context_times=times[:, :-1], causal=True
+    )
     SMOOTH_L1(pred[:, :, 0], tokens[:, 1:]).mean().backward()
     assert not torch.allclose(world.predictor.head.weight.grad, grads["predictor.head.weight"])
 
@@ -170,7 +180,12 @@ def test_rollout_depends_on_timestamps_and_accepts_any_spacing():
 def test_sampling_is_reproducible_by_seed():
     world = tiny_world(tokens_per_frame=2)
     context, times = torch.randn(2, 4, 2, 24), irregular_times(2, 6)
-    draw = lambda seed: world.rollout(context, times[:, :4], times[:, 4:], samples=4, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+
+    def draw(seed: int) -> torch.Tensor:
+        return world.rollout(
+            context, times[:, :4], times[:, 4:], samples=4, generator=torch.Generator().manual_seed(seed)
+        )
+
     torch.testing.assert_close(draw(7), draw(7), atol=0, rtol=0)
     assert not torch.allclose(draw(7), draw(8))
 
@@ -189,12 +204,16 @@ def test_tiny_world_model_overfits_and_beats_copy_last():
     opt = torch.optim.AdamW(world.parameters(), lr=3e-3)
     tokens, times = linear_motion(8, 6)
     for step in range(300):
-        loss, _ = world.teacher_forced_loss(tokens, times, num_hypotheses=4, loss_fn=SMOOTH_L1, generator=torch.Generator().manual_seed(step))
+        loss, _ = world.teacher_forced_loss(
+            tokens, times, num_hypotheses=4, loss_fn=SMOOTH_L1, generator=torch.Generator().manual_seed(step)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        pred = world.rollout(tokens[:, :5], times[:, :5], times[:, 5:], samples=4, generator=torch.Generator().manual_seed(0))
+        pred = world.rollout(
+            tokens[:, :5], times[:, :5], times[:, 5:], samples=4, generator=torch.Generator().manual_seed(0)
+        )
     model_error = (pred[:, :, 0, 0] - tokens[:, None, 5, 0]).pow(2).mean()
     copy_error = (tokens[:, 4] - tokens[:, 5]).pow(2).mean()
     assert model_error < 0.25 * copy_error, (model_error, copy_error)

@@ -19,9 +19,7 @@ def flash_attention_usable(q: torch.Tensor, mask: torch.Tensor | None) -> bool:
     )
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention over (B, H, L, d) tensors; `mask` is additive float or bool
     (True = attend), broadcastable to (B, H, Lq, Lk). Returns (B, H, Lq, d)."""
     if flash_attention_usable(q, mask):

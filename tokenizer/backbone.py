@@ -76,9 +76,7 @@ class Backbone(nn.Module):
         """`forward` with autograd left as the caller set it: only for training the backbone
         itself (`eval.train_heads.train_heads(train_backbone=True)`), which unfreezes it."""
         if frames.dtype != torch.uint8 or frames.dim() != 5 or frames.shape[2] != 3:
-            raise ValueError(
-                f"expected uint8 frames (B, T, 3, H, W), got {tuple(frames.shape)} {frames.dtype}"
-            )
+            raise ValueError(f"expected uint8 frames (B, T, 3, H, W), got {tuple(frames.shape)} {frames.dtype}")
         b = frames.shape[0]
         self.grid(*frames.shape[-2:])
         x = rearrange(frames, "b t c h w -> (b t) c h w").float()
@@ -129,9 +127,7 @@ def build_backbone(
                     model = timm.create_model(name, pretrained=False, **kwargs)
                 model.load_state_dict(hf_dinov3_to_timm(load_weights(path), model, source=str(path)))
             else:
-                model = timm.create_model(
-                    name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
-                )
+                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
         except (RuntimeError, KeyError, ValueError) as err:
             raise BackboneCheckpointError(
                 f"backbone checkpoint {path} does not fit architecture '{name}' {arch or ''}: "

@@ -67,9 +67,7 @@ class SelfAttention(nn.Module):
         self.k_norm = nn.LayerNorm(head_dim, eps=eps, bias=False) if qk_norm else nn.Identity()
         self.attn_gate = nn.Linear(dim, num_heads) if gated else None
 
-    def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         # x: (B, L, D)
         split = "b l (h d) -> b h l d"
         q = rearrange(self.q_proj(x), split, h=self.num_heads)
@@ -110,9 +108,7 @@ class Block(nn.Module):
             self.mlp = GeluMlp(dim, int(dim * mlp_ratio))
         self.layer_scale2 = LayerScale(dim, layer_scale_init)
 
-    def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = x + self.layer_scale1(self.attention(self.norm1(x), rope))
         return x + self.layer_scale2(self.mlp(self.norm2(x)))
 

@@ -78,9 +78,7 @@ class DeltaTok(nn.Module):
     def rope(
         self, grid: tuple[int, int], *, scale: float = 1.0, device: torch.device | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return patch_rope_2d(
-            grid, self.dim // self.num_heads, theta=self.rope_theta, scale=scale, device=device
-        )
+        return patch_rope_2d(grid, self.dim // self.num_heads, theta=self.rope_theta, scale=scale, device=device)
 
     def encode(
         self,
@@ -122,9 +120,7 @@ class DeltaTok(nn.Module):
             h = block(h, rope)
         return h[:, tokens.shape[1] :]
 
-    def tokenize(
-        self, feats: torch.Tensor, grid: tuple[int, int], first_prev: torch.Tensor
-    ) -> torch.Tensor:
+    def tokenize(self, feats: torch.Tensor, grid: tuple[int, int], first_prev: torch.Tensor) -> torch.Tensor:
         """Tokens of a whole clip, parallel over time (teacher forcing).
 
         feats (B, T, N, D); first_prev (N, D) or (B, N, D): features the first frame is encoded
@@ -137,9 +133,7 @@ class DeltaTok(nn.Module):
         tokens = self.encode(rearrange(prev, flat), rearrange(feats, flat), grid)
         return rearrange(tokens, "(b t) k c -> b t k c", b=b, t=t)
 
-    def decode_rollout(
-        self, tokens: torch.Tensor, grid: tuple[int, int], context: torch.Tensor
-    ) -> torch.Tensor:
+    def decode_rollout(self, tokens: torch.Tensor, grid: tuple[int, int], context: torch.Tensor) -> torch.Tensor:
         """Decode a token sequence closed loop: tokens (B, T, K, C), context (B, N, D) -> (B, T, N, D).
 
         Frame t is decoded from the decoded frame t-1 (the context for t = 0): how predicted

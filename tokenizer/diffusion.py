@@ -71,7 +71,9 @@ class PatchDenoiser(nn.Module):
         self.in_proj = nn.Linear(2 * patch_dim, dim)  # [noisy residual | deterministic patch]
         self.token_proj = nn.Linear(token_dim, dim)
         self.time_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init) for _ in range(depth)
+        )
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, patch_dim))
         init_linear_weights(self, std=init_std)
         nn.init.zeros_(self.out[1].weight)  # predicts a zero residual at first: samples start at det
@@ -110,7 +112,9 @@ class PatchDenoiser(nn.Module):
         x_t = (1 - t) noise + t r, t logit-normal; the velocity implied by the predicted r regresses r - noise."""
         data = (target - det).float() / self.residual_scale
         noise = torch.randn(data.shape, generator=generator, device=data.device)
-        t = torch.sigmoid(self.time_mean + self.time_std * torch.randn(data.shape[0], generator=generator, device=data.device))
+        t = torch.sigmoid(
+            self.time_mean + self.time_std * torch.randn(data.shape[0], generator=generator, device=data.device)
+        )
         x = (1 - t[:, None, None]) * noise + t[:, None, None] * data
         v = self.velocity(x, t, det, tokens, grid)
         return F.mse_loss(v, data - noise)

@@ -66,7 +66,9 @@ def claim_run_folder(cfg: DictConfig) -> RunFolderLock | None:
     try:
         current = OmegaConf.to_container(cfg, resolve=True)
         stored_path = run_dir / CONFIG_FILE
-        check_config(run_dir, current, OmegaConf.to_container(OmegaConf.load(stored_path)) if stored_path.is_file() else None)
+        check_config(
+            run_dir, current, OmegaConf.to_container(OmegaConf.load(stored_path)) if stored_path.is_file() else None
+        )
         for path in clean_stale_temporaries(run_dir):
             log.info("removed %s, left by an interrupted write", path)
         atomic_write_text(stored_path, OmegaConf.to_yaml(current))

@@ -85,7 +85,9 @@ def hf_dinov3_to_timm(weights: dict[str, torch.Tensor], model: nn.Module, *, sou
 
     def take(key: str) -> torch.Tensor:
         if key not in hf:
-            raise OfficialCheckpointError(f"{source}: missing key '{prefix}{key}': a truncated or foreign DINOv3 checkpoint")
+            raise OfficialCheckpointError(
+                f"{source}: missing key '{prefix}{key}': a truncated or foreign DINOv3 checkpoint"
+            )
         used.add(key)
         return hf[key]
 
@@ -98,8 +100,11 @@ def hf_dinov3_to_timm(weights: dict[str, torch.Tensor], model: nn.Module, *, sou
         "norm.bias": take("norm.bias"),
     }
     renames = {
-        "attention.o_proj": "attn.proj", "norm1": "norm1", "norm2": "norm2",
-        "mlp.up_proj": "mlp.fc1", "mlp.down_proj": "mlp.fc2",
+        "attention.o_proj": "attn.proj",
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "mlp.up_proj": "mlp.fc1",
+        "mlp.down_proj": "mlp.fc2",
     }
     for i in range(len(model.blocks)):
         src, dst = f"layer.{i}.", f"blocks.{i}."

@@ -76,8 +76,15 @@ class PixelDeltaToken(nn.Module):
         self.key_tokens, self.key_interval = key_tokens or num_tokens, key_interval
         patch_dim = channels * patch_size**2
         self.core = DeltaTok(
-            dim=dim, num_heads=num_heads, depth=depth, num_tokens=num_tokens, token_dim=token_dim,
-            mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, rope_theta=rope_theta, init_std=init_std,
+            dim=dim,
+            num_heads=num_heads,
+            depth=depth,
+            num_tokens=num_tokens,
+            token_dim=token_dim,
+            mlp_ratio=mlp_ratio,
+            layer_scale_init=layer_scale_init,
+            rope_theta=rope_theta,
+            init_std=init_std,
         )
         self.patch_embed = nn.Linear(patch_dim, dim)
         self.patch_norm = nn.LayerNorm(dim)  # unit-scale inputs, as the VFM features the core was built for
@@ -100,9 +107,7 @@ class PixelDeltaToken(nn.Module):
         for head in (self.head, self.key_head):
             nn.init.zeros_(head[1].weight)
             nn.init.zeros_(head[1].bias)
-        self.denoiser = (
-            PatchDenoiser(patch_dim=patch_dim, token_dim=token_dim, **diffusion) if diffusion else None
-        )
+        self.denoiser = PatchDenoiser(patch_dim=patch_dim, token_dim=token_dim, **diffusion) if diffusion else None
 
     # ---- layout ---------------------------------------------------------------------------------
 
@@ -155,7 +160,9 @@ class PixelDeltaToken(nn.Module):
         slots = self.key_embed.weight if key and self.key_embed is not None else None
         return self.core.encode(self.embed(ref, grid), self.embed(cur, grid), grid, slots=slots)
 
-    def decode_patches(self, tokens: torch.Tensor, ref: torch.Tensor, grid: tuple[int, int], *, key: bool) -> torch.Tensor:
+    def decode_patches(
+        self, tokens: torch.Tensor, ref: torch.Tensor, grid: tuple[int, int], *, key: bool
+    ) -> torch.Tensor:
         """tokens (B, K_t, C), ref patches (B, N, 3 p p) -> deterministic reconstruction patches."""
         head = self.key_head if key else self.head
         return ref + head(self.core.decode(tokens, self.embed(ref, grid), grid))
@@ -168,7 +175,9 @@ class PixelDeltaToken(nn.Module):
             raise ValueError(f"frame {t} is not a key frame but there is no previous reconstruction")
         return prev
 
-    def decode_frame(self, tokens: torch.Tensor, prev: torch.Tensor | None, t: int, grid: tuple[int, int]) -> torch.Tensor:
+    def decode_frame(
+        self, tokens: torch.Tensor, prev: torch.Tensor | None, t: int, grid: tuple[int, int]
+    ) -> torch.Tensor:
         """Decoder side of a codec step: frame t's tokens (B, K_t, C) and the previous reconstruction
         patches (None before frame 0) -> its deterministic reconstruction patches (B, N, P)."""
         black = self.black(tokens.shape[0], grid[0] * grid[1], tokens.device)

@@ -56,8 +56,15 @@ class TokenBudget:
 
 
 def token_budget(
-    token_counts: list[int], *, token_dim: int, height: int, width: int, fps: float, patch_size: int,
-    vae_spatial: int = 8, vae_temporal: int = 4,
+    token_counts: list[int],
+    *,
+    token_dim: int,
+    height: int,
+    width: int,
+    fps: float,
+    patch_size: int,
+    vae_spatial: int = 8,
+    vae_temporal: int = 4,
 ) -> TokenBudget:
     """The reduction factors the issue asks for. A VAE latent position (16 channels, as our tokens)
     counts as one token: ceil(T / 4) * (H / 8) * (W / 8); raw patches: T * (H / p) * (W / p)."""

@@ -60,7 +60,9 @@ class PixelTokenizerModule(FrozenBackboneModule):
                 # the denoiser learns on top of the codec, never reshapes it: with its gradient in the
                 # tokens, the flow loss (large while the residuals are) kept the reconstruction at
                 # mean-colour quality
-                diffusion_losses.append(tok.denoiser.loss(cur, recon.detach(), tokens.detach(), grid, generator=generator))
+                diffusion_losses.append(
+                    tok.denoiser.loss(cur, recon.detach(), tokens.detach(), grid, generator=generator)
+                )
             prev = recon.detach()
         losses = {"recon": torch.stack(recon_losses).mean()}
         if diffusion_losses:
@@ -68,7 +70,10 @@ class PixelTokenizerModule(FrozenBackboneModule):
         return losses
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip the codec and the denoiser each on its own norm: the flow loss's gradients are much
         larger than the reconstruction's, and one joint clip shrank the codec's steps with them
@@ -107,8 +112,11 @@ class PixelTokenizerModule(FrozenBackboneModule):
         if self.tokenizer.denoiser is not None:
             generator = step_generator(self.hparams.seed, batch_idx, self.device)
             sampled = self.tokenizer.decode_video(
-                self.tokenizer.split_tokens(tokens), x.shape[-2:], decoder="diffusion",
-                steps=self.hparams.eval_diffusion_steps, generator=generator,
+                self.tokenizer.split_tokens(tokens),
+                x.shape[-2:],
+                decoder="diffusion",
+                steps=self.hparams.eval_diffusion_steps,
+                generator=generator,
             )
             metrics["psnr_diffusion"] = psnr_per_frame(sampled, x).mean()
             metrics["ssim_diffusion"] = ssim_per_frame(sampled, x).mean()

@@ -17,7 +17,13 @@ LOCK_FILE = ".lock"
 CONFIG_FILE = "config.yaml"
 # keys a continued run may change: how long and where it runs and how it logs, not what it trains
 MAY_DIFFER = (
-    "resume", "run_dir", "trainer.max_steps", "trainer.devices", "trainer.num_nodes", "data.num_workers", "logger.",
+    "resume",
+    "run_dir",
+    "trainer.max_steps",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "data.num_workers",
+    "logger.",
     "callbacks.progress_bar",
 )
 
@@ -110,7 +116,9 @@ def _checkpoints_newest_first(folder: Path) -> Iterator[Path]:
         match = re.search(r"(\d+)", path.stem)
         return int(match.group(1)) if match else -1
 
-    yield from sorted((p for p in folder.glob("*.ckpt") if p != last), key=lambda p: (step(p), p.stat().st_mtime), reverse=True)
+    yield from sorted(
+        (p for p in folder.glob("*.ckpt") if p != last), key=lambda p: (step(p), p.stat().st_mtime), reverse=True
+    )
 
 
 def loads(path: Path) -> bool:

@@ -62,17 +62,29 @@ def keyword_hints(fn: Callable, exclude: Collection[str] = ()) -> dict[str, tupl
 # timm architecture arguments an export's `backbone.arch` may set; all else (checkpoint_path,
 # pretrained_cfg*, layer classes, ...) is refused, since the dict goes to `timm.create_model` as kwargs
 ARCH_KEYS = {
-    "depth": int, "embed_dim": int, "num_heads": int, "mlp_ratio": float, "patch_size": int, "qkv_bias": bool,
-    "qk_norm": bool, "init_values": float | None, "class_token": bool, "no_embed_class": bool,
-    "reg_tokens": int, "num_reg_tokens": int,
+    "depth": int,
+    "embed_dim": int,
+    "num_heads": int,
+    "mlp_ratio": float,
+    "patch_size": int,
+    "qkv_bias": bool,
+    "qk_norm": bool,
+    "init_values": float | None,
+    "class_token": bool,
+    "no_embed_class": bool,
+    "reg_tokens": int,
+    "num_reg_tokens": int,
 }
 BACKBONE = Builder(
-    build_backbone, legacy_targets=legacy("tokenizer.backbone.build_backbone"),
-    dict_keys={"arch": ARCH_KEYS}, plain_names=("name",),
+    build_backbone,
+    legacy_targets=legacy("tokenizer.backbone.build_backbone"),
+    dict_keys={"arch": ARCH_KEYS},
+    plain_names=("name",),
 )
 DELTATOK = Builder(DeltaTok, supplied=("dim", "num_heads"), legacy_targets=legacy("tokenizer.deltatok.DeltaTok"))
 PIXEL_TOKENIZER = Builder(
-    PixelDeltaToken, legacy_targets=legacy("tokenizer.pixel.PixelDeltaToken"),
+    PixelDeltaToken,
+    legacy_targets=legacy("tokenizer.pixel.PixelDeltaToken"),
     dict_keys={"diffusion": {k: h for k, (h, _) in keyword_hints(PatchDenoiser, ("patch_dim", "token_dim")).items()}},
 )
 

@@ -36,11 +36,15 @@ def warmup_constant(optimizer: torch.optim.Optimizer, *, warmup_steps: int) -> L
     return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0)
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float) -> LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_ratio: float
+) -> LambdaLR:
     """Linear warmup over `warmup_steps`, then cosine decay to `min_ratio` x the base LR at `total_steps`."""
     if total_steps <= warmup_steps:
-        raise ValueError(f"a cosine schedule needs total_steps > warmup_steps, got {total_steps} <= {warmup_steps} "
-                         "(set trainer.max_steps)")
+        raise ValueError(
+            f"a cosine schedule needs total_steps > warmup_steps, got {total_steps} <= {warmup_steps} "
+            "(set trainer.max_steps)"
+        )
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -59,11 +63,16 @@ def check_state_dict(module: nn.Module, weights: dict[str, torch.Tensor], *, sou
     unexpected = [k for k in weights if k not in expected]
     mismatched = [
         f"{k} {tuple(weights[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items() if k in weights and weights[k].shape != v.shape
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
     ]
     problems = [
         f"{len(items)} {label}: {', '.join(items[:10])}{', ...' if len(items) > 10 else ''}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches (file != model)", mismatched))
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatches (file != model)", mismatched),
+        )
         if items
     ]
     if problems:

@@ -114,7 +114,9 @@ class ActionWorldModule(FrozenBackboneModule):
         super().__init__(optimizer=optimizer, scheduler=scheduler)
         self.save_hyperparameters(ignore=["world", *FACTORY_ARGS])
         if tokenizer_ckpt is None:
-            raise ValueError("the action world model needs a pixel tokenizer: pass tokenizer_ckpt=<tokenizer.safetensors>")
+            raise ValueError(
+                "the action world model needs a pixel tokenizer: pass tokenizer_ckpt=<tokenizer.safetensors>"
+            )
         self.tokenizer, self.tokenizer_metadata = load_pixel_tokenizer(tokenizer_ckpt)
         tok = self.tokenizer
         if not tok.uniform:
@@ -137,7 +139,10 @@ class ActionWorldModule(FrozenBackboneModule):
             raise ValueError("the action world model needs batches with 'actions' (B, T, A): use data=actions")
         actions = batch["actions"]
         if actions.shape[-1] != self.hparams.action_dim:
-            raise ValueError(f"batch actions have {actions.shape[-1]} channels, the model was built for action_dim={self.hparams.action_dim}")
+            raise ValueError(
+                f"batch actions have {actions.shape[-1]} channels, "
+                f"the model was built for action_dim={self.hparams.action_dim}"
+            )
         return actions
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -166,8 +171,14 @@ class ActionWorldModule(FrozenBackboneModule):
         truth, b = x[:, c:], x.shape[0]
         for name, future_actions in (("true_actions", actions), ("shuffled_actions", other)):
             futures = sample_action_futures(
-                self.world, self.tokenizer, x[:, :c], times[:, :c], actions[:, :c], times[:, c:],
-                future_actions=future_actions[:, c:], samples=self.hparams.eval_samples,
+                self.world,
+                self.tokenizer,
+                x[:, :c],
+                times[:, :c],
+                actions[:, :c],
+                times[:, c:],
+                future_actions=future_actions[:, c:],
+                samples=self.hparams.eval_samples,
                 generator=step_generator(self.hparams.seed, batch_idx, self.device),
             )
             psnr = psnr_per_frame(futures, truth[:, None].expand_as(futures))  # (B, M, H)
@@ -179,10 +190,13 @@ class ActionWorldModule(FrozenBackboneModule):
 
     def export_metadata(self, cfg: dict) -> dict:
         """A pixel world export: `load_pixel_tokenizer` reads its tokenizer; the world config and token shape."""
-        return stamp("pixel_world", {
-            "tokenizer": self.tokenizer_metadata["tokenizer"],
-            "frame_size": cfg["frame_size"],  # the size this stage trained at (the codec is resolution-free)
-            "world": cfg["world"],
-            "token_shape": [self.world.tokens_per_frame, self.world.token_dim],
-            "action_dim": self.hparams.action_dim,
-        })
+        return stamp(
+            "pixel_world",
+            {
+                "tokenizer": self.tokenizer_metadata["tokenizer"],
+                "frame_size": cfg["frame_size"],  # the size this stage trained at (the codec is resolution-free)
+                "world": cfg["world"],
+                "token_shape": [self.world.tokens_per_frame, self.world.token_dim],
+                "action_dim": self.hparams.action_dim,
+            },
+        )

@@ -34,7 +34,11 @@ WORLD = Builder(
 
 
 def build_world(
-    world: DeltaWorld | Callable[..., DeltaWorld], space: DeltaTokens | PatchTokens, *, num_patches: int, feature_dim: int
+    world: DeltaWorld | Callable[..., DeltaWorld],
+    space: DeltaTokens | PatchTokens,
+    *,
+    num_patches: int,
+    feature_dim: int,
 ) -> DeltaWorld:
     """Finish a Hydra partial: tokens per frame and token width come from the token space."""
     if isinstance(world, nn.Module):
@@ -68,17 +72,28 @@ def world_export(world: DeltaWorld, deltatok: DeltaTok) -> nn.Module:
 def world_export_metadata(world: DeltaWorld, *, tokenizer_metadata: dict, world_config: dict, space: str) -> dict:
     """What `load_world` needs: the tokenizer export's metadata (backbone, tokenizer, frame_size,
     ...) + the world config, the token space name and the token shape."""
-    return stamp("world", {
-        **tokenizer_metadata,
-        "world": world_config,
-        "space": space,
-        "token_shape": [world.tokens_per_frame, world.token_dim],
-    })
+    return stamp(
+        "world",
+        {
+            **tokenizer_metadata,
+            "world": world_config,
+            "space": space,
+            "token_shape": [world.tokens_per_frame, world.token_dim],
+        },
+    )
 
 
 def export_world(
-    world: DeltaWorld, deltatok: DeltaTok, path: str | os.PathLike, *, tokenizer_metadata: dict, world_config: dict, space: str
+    world: DeltaWorld,
+    deltatok: DeltaTok,
+    path: str | os.PathLike,
+    *,
+    tokenizer_metadata: dict,
+    world_config: dict,
+    space: str,
 ) -> Path:
     """Write the export `load_world` reads: weights under `world.` and `deltatok.` plus metadata."""
-    metadata = world_export_metadata(world, tokenizer_metadata=tokenizer_metadata, world_config=world_config, space=space)
+    metadata = world_export_metadata(
+        world, tokenizer_metadata=tokenizer_metadata, world_config=world_config, space=space
+    )
     return export_safetensors(world_export(world, deltatok), path, metadata)

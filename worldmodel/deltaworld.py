@@ -35,8 +35,14 @@ class DeltaWorld(nn.Module):
         super().__init__()
         self.token_dim, self.tokens_per_frame, self.query_std = token_dim, tokens_per_frame, query_std
         self.predictor = Predictor(
-            dim=dim, context_dim=token_dim, depth=depth, num_heads=num_heads, rope_dim=rope_dim,
-            mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init, init_std=query_std,
+            dim=dim,
+            context_dim=token_dim,
+            depth=depth,
+            num_heads=num_heads,
+            rope_dim=rope_dim,
+            mlp_ratio=mlp_ratio,
+            layer_scale_init=layer_scale_init,
+            init_std=query_std,
         )
         # K = 1 keeps the reference key set (a released checkpoint has no slot embedding)
         self.slot_embed = nn.Embedding(tokens_per_frame, dim) if tokens_per_frame > 1 else None
@@ -54,7 +60,9 @@ class DeltaWorld(nn.Module):
     def deterministic(self) -> bool:
         return self.q_embed is not None
 
-    def draw_noise(self, shape: tuple[int, ...], *, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw_noise(
+        self, shape: tuple[int, ...], *, device=None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """One noise vector per hypothesis: (*shape, dim) with std `query_std` (the paper's 0.02)."""
         device = device if device is not None else self.predictor.head.weight.device
         return torch.randn(*shape, self.dim, device=device, generator=generator) * self.query_std
@@ -121,7 +129,9 @@ class DeltaWorld(nn.Module):
     ) -> torch.Tensor:
         """Score hypotheses noise (B, F, S, dim) for target frames (B, F, K, C) at target_times
         (B, F), target i seeing context frames 0..i, in one pass without gradient -> (B, F, S)."""
-        preds = self.predict(self.queries(noise), target_times, context=context, context_times=context_times, causal=True)
+        preds = self.predict(
+            self.queries(noise), target_times, context=context, context_times=context_times, causal=True
+        )
         return loss_fn(preds.float(), targets[:, :, None].expand_as(preds).float()).flatten(3).mean(-1)
 
     def teacher_forced_loss(
@@ -141,7 +151,9 @@ class DeltaWorld(nn.Module):
         whether hypotheses stay diverse).
         """
         if self.deterministic and num_hypotheses != 1:
-            raise ValueError(f"the deterministic world model has one learned query; got num_hypotheses={num_hypotheses}")
+            raise ValueError(
+                f"the deterministic world model has one learned query; got num_hypotheses={num_hypotheses}"
+            )
         b, t = tokens.shape[:2]
         if t < 2:
             raise ValueError(f"teacher forcing needs clips of at least 2 frames, got {t}")
@@ -149,11 +161,15 @@ class DeltaWorld(nn.Module):
         noise = self.draw_noise((b, t - 1, num_hypotheses), device=tokens.device, generator=generator)
         stats = {}
         if num_hypotheses > 1:
-            losses = self.hypothesis_losses(noise, context, context_times, targets, target_times, loss_fn)  # (B, T-1, N)
+            losses = self.hypothesis_losses(
+                noise, context, context_times, targets, target_times, loss_fn
+            )  # (B, T-1, N)
             best = losses.argmin(-1)
             noise = torch.gather(noise, 2, repeat(best, "b t -> b t 1 d", d=self.dim))
             stats = {"loss_best_of_n": losses.min(-1).values.mean(), "loss_mean_hypothesis": losses.mean()}
-        preds = self.predict(self.queries(noise), target_times, context=context, context_times=context_times, causal=True)
+        preds = self.predict(
+            self.queries(noise), target_times, context=context, context_times=context_times, causal=True
+        )
         loss = loss_fn(preds[:, :, 0].float(), targets.float()).mean()
         return loss, stats
 

@@ -48,7 +48,9 @@ class WorldModule(FrozenBackboneModule):
         super().__init__(optimizer=optimizer, scheduler=scheduler)
         self.save_hyperparameters(ignore=["world", *FACTORY_ARGS])
         if tokenizer_ckpt is None:
-            raise ValueError("the world-model stage needs a trained tokenizer: pass tokenizer_ckpt=<tokenizer.safetensors>")
+            raise ValueError(
+                "the world-model stage needs a trained tokenizer: pass tokenizer_ckpt=<tokenizer.safetensors>"
+            )
         self.backbone, self.deltatok = load_tokenizer(tokenizer_ckpt)
         self.tokenizer_metadata = read_metadata(tokenizer_ckpt)
         self.space = build_space(space, self.deltatok)
@@ -106,11 +108,20 @@ class WorldModule(FrozenBackboneModule):
         samples = 1 if self.world.deterministic else self.hparams.eval_samples
         methods = [
             copy_last,
-            world_forecaster(self.world, self.space, samples=samples, generator=step_generator(self.hparams.seed, batch_idx, self.device)),
+            world_forecaster(
+                self.world,
+                self.space,
+                samples=samples,
+                generator=step_generator(self.hparams.seed, batch_idx, self.device),
+            ),
         ]
         cases = forecast_cases(
-            feats, batch["timestamps"].to(feats.dtype), self.backbone.grid(h, w), self.backbone.black_features(h, w),
-            context=self.hparams.eval_context, horizons=self.hparams.eval_horizons,
+            feats,
+            batch["timestamps"].to(feats.dtype),
+            self.backbone.grid(h, w),
+            self.backbone.black_features(h, w),
+            context=self.hparams.eval_context,
+            horizons=self.hparams.eval_horizons,
         )
         for case in cases:
             for method in methods:
@@ -125,4 +136,6 @@ class WorldModule(FrozenBackboneModule):
         """What `load_world` needs to rebuild backbone, DeltaTok, token space and DeltaWorld."""
         tokenizer_metadata = {k: self.tokenizer_metadata[k] for k in ("backbone", "tokenizer")}
         tokenizer_metadata["frame_size"] = self.frame_size
-        return world_export_metadata(self.world, tokenizer_metadata=tokenizer_metadata, world_config=cfg["world"], space=self.space.name)
+        return world_export_metadata(
+            self.world, tokenizer_metadata=tokenizer_metadata, world_config=cfg["world"], space=self.space.name
+        )

@@ -37,7 +37,9 @@ class CrossAttention(nn.Module):
         self.kv_proj = nn.Linear(context_dim, 2 * dim)  # rows [0, dim) -> k, [dim, 2 dim) -> v
         self.out_proj = nn.Linear(dim, dim)
 
-    def project_context(self, context: torch.Tensor, rope_k: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_context(
+        self, context: torch.Tensor, rope_k: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """context (B, L, Dc) -> rotated k and v, each (B, H, L, d): what a KV cache stores."""
         k, v = rearrange(self.kv_proj(context), "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
         return rotate_leading_channels(k, rope_k), v
@@ -56,7 +58,9 @@ class CrossAttention(nn.Module):
 
 
 class PredictorBlock(nn.Module):
-    def __init__(self, dim: int, context_dim: int, num_heads: int, *, mlp_ratio: float, layer_scale_init: float) -> None:
+    def __init__(
+        self, dim: int, context_dim: int, num_heads: int, *, mlp_ratio: float, layer_scale_init: float
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attention = CrossAttention(dim, context_dim, num_heads)
@@ -89,7 +93,9 @@ class Predictor(nn.Module):
         super().__init__()
         head_dim = dim // num_heads
         if dim % num_heads or not 0 < rope_dim <= head_dim or rope_dim % 2:
-            raise ValueError(f"need dim % heads == 0 and an even rope_dim <= head size ({dim}/{num_heads}); got rope_dim={rope_dim}")
+            raise ValueError(
+                f"need dim % heads == 0 and an even rope_dim <= head size ({dim}/{num_heads}); got rope_dim={rope_dim}"
+            )
         self.dim, self.context_dim, self.rope_dim = dim, context_dim, rope_dim
         self.blocks = nn.ModuleList(
             PredictorBlock(dim, context_dim, num_heads, mlp_ratio=mlp_ratio, layer_scale_init=layer_scale_init)

@@ -84,8 +84,12 @@ def sample_futures(
     Returns tokens (B, M, H, K, C) and features (B, M, H, N, D).
     """
     tokens = world.rollout(
-        space.encode(context_feats, grid, black), context_times, future_times,
-        samples=samples, generator=generator, noise=noise,
+        space.encode(context_feats, grid, black),
+        context_times,
+        future_times,
+        samples=samples,
+        generator=generator,
+        noise=noise,
     )
     b, m = tokens.shape[:2]
     last = repeat(context_feats[:, -1], "b n d -> (b m) n d", m=m)
@@ -113,8 +117,15 @@ def world_forecaster(
 
     def method(case: ForecastCase) -> dict[str, torch.Tensor]:
         _, feats = sample_futures(
-            world, space, case.context_feats, case.context_times, case.future_times,
-            grid=case.grid, black=case.black, samples=samples, generator=generator,
+            world,
+            space,
+            case.context_feats,
+            case.context_times,
+            case.future_times,
+            grid=case.grid,
+            black=case.black,
+            samples=samples,
+            generator=generator,
         )
         last = feats[:, :, -1]  # (B, M, N, D) at the target frame
         if samples == 1:
