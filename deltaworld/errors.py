@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from hydra.errors import InstantiationException
+
 from deltaworld.data.clips import BadClipError
 from deltaworld.data.frame_datasets import DatasetFileError
 from deltaworld.data.token_cache import StaleCacheError
@@ -41,10 +43,12 @@ def user_errors(command: F) -> F:
     def run(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except USER_ERRORS as error:
-            if debugging():
+        except (*USER_ERRORS, InstantiationException) as error:
+            # Hydra wraps what a constructor raised (a module loading its tokenizer_ckpt, say)
+            cause = error.__cause__ if isinstance(error, InstantiationException) else error
+            if debugging() or not isinstance(cause, USER_ERRORS):
                 raise
-            print(f"deltaworld: error: {error}\n(DELTAWORLD_DEBUG=1 shows the traceback)", file=sys.stderr)
+            print(f"deltaworld: error: {cause}\n(DELTAWORLD_DEBUG=1 shows the traceback)", file=sys.stderr)
             raise SystemExit(2) from None
 
     return run

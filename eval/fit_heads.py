@@ -23,10 +23,11 @@ def heads_backbone(cfg: DictConfig) -> tuple[Backbone, dict]:
     """The frozen backbone the heads train on and its config: from `backbone_from` (a tokenizer or
     world export, whose frame size then applies) or from the `backbone` group."""
     if cfg.backbone_from:
+        backbone = load_tokenizer(cfg.backbone_from)[0]  # checks the file first
         meta = read_metadata(cfg.backbone_from)
         with open_dict(cfg):
             cfg.frame_size = meta["frame_size"]
-        return load_tokenizer(cfg.backbone_from)[0], meta["backbone"]
+        return backbone, meta["backbone"]
     return instantiate(cfg.backbone), OmegaConf.to_container(cfg.backbone, resolve=True)
 
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from deltaworld.eval.configs import compose_config
 from deltaworld.eval.heads import save_heads
 from deltaworld.eval.official_heads import REFERENCE_HEADS, head_dataset, heads_from_official
-from deltaworld.tokenizer.checkpoint import export_safetensors, load_weights
+from deltaworld.tokenizer.checkpoint import atomic_write_text, export_safetensors, load_weights
 from deltaworld.tokenizer.module import TokenizerModule
 from deltaworld.tokenizer.official import FROZEN_BACKBONE, deltatok_dims, match_state_dict
 from deltaworld.tokenizer.training import parameter_digest
@@ -117,7 +117,7 @@ def import_official(
         written[f"heads_{dataset}"] = save_heads(module, out / f"heads_{dataset}.safetensors", metadata)
     written["config"] = out / "config.yaml"
     header = "# Written by `deltaworld import-official`: the architecture of the imported files (in each export too)\n"
-    written["config"].write_text(header + OmegaConf.to_yaml(arch))
+    atomic_write_text(written["config"], header + OmegaConf.to_yaml(arch))
     return written
 
 

@@ -5,6 +5,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from deltaworld.tokenizer.checkpoint import atomic_write_text
+
 
 @dataclass(frozen=True)
 class Record:
@@ -33,7 +35,7 @@ class MeanAccumulator:
 
 def write_metrics(records: list[Record], path: str | Path) -> Path:
     path = Path(path)
-    path.write_text(json.dumps([asdict(r) for r in records], indent=1))
+    atomic_write_text(path, json.dumps([asdict(r) for r in records], indent=1))
     return path
 
 

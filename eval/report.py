@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from deltaworld.eval.records import Record, metrics_table, write_metrics
+from deltaworld.tokenizer.checkpoint import atomic_write_text
 
 
 def write_report(
@@ -20,5 +21,5 @@ def write_report(
     for caption, path in (figures or {}).items():
         lines += ["", f"## {caption}", "", f"![{caption}]({Path(path).relative_to(run_dir)})"]
     report = run_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    atomic_write_text(report, "\n".join(lines) + "\n")
     return report

@@ -16,7 +16,7 @@ from deltaworld.eval.device import resolve_device
 from deltaworld.eval.diversity import diversity_stats
 from deltaworld.eval.figures import hypothesis_grid
 from deltaworld.tokenizer.backbone import Backbone
-from deltaworld.tokenizer.checkpoint import atomic_save_safetensors
+from deltaworld.tokenizer.checkpoint import atomic_save_safetensors, atomic_write_text
 from deltaworld.worldmodel.checkpoint import load_world
 from deltaworld.worldmodel.deltaworld import DeltaWorld
 from deltaworld.worldmodel.sampling import sample_futures
@@ -77,7 +77,7 @@ def sample_and_describe(
     )
     truth = feats[:, context:] if feats.shape[1] == context + future_times.shape[1] else None
     stats = diversity_stats(hyps, truth, times=future_times[0].tolist(), tokens=tokens)
-    (out_dir / "diversity.json").write_text(json.dumps(stats, indent=2) + "\n")
+    atomic_write_text(out_dir / "diversity.json", json.dumps(stats, indent=2) + "\n")
     hypothesis_grid(
         out_dir / figure_name,
         frames=frames[0].cpu(),

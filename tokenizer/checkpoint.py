@@ -30,6 +30,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk or a vanished folder: say which file could not be written
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -137,10 +140,11 @@ def load_tokenizer(path: str | os.PathLike, device: torch.device | str = "cpu"):
     world-model export (which carries its tokenizer under `deltatok.`). The configs are embedded, and
     checked against the builders of `tokenizer.schema` before anything is built."""
     # imported here: the schema imports the models, whose modules import this one
-    from deltaworld.tokenizer.schema import BACKBONE, DELTATOK, checked_config, expect_kind
+    from deltaworld.tokenizer.schema import BACKBONE, DELTATOK, checked_config, checked_field, expect_kind
 
     meta = read_metadata(path)
     kind = expect_kind(path, meta, ("tokenizer", "world"), "deltaworld train experiment=cpu_demo")
+    checked_field(path, meta, "frame_size", int)  # the size its users resize frames to
     backbone_args = checked_config(path, meta, "backbone", BACKBONE)
     deltatok_args = checked_config(path, meta, "tokenizer", DELTATOK)
     backbone = BACKBONE.fn(**backbone_args)
