@@ -83,3 +83,35 @@ def test_a_zero_byte_resume_checkpoint_is_named(tmp_path, capsys, monkeypatch):
     torch.save({"nothing": 1}, tmp_path / "foreign.ckpt")
     with pytest.raises(RunFolderError, match="not a training checkpoint"):
         run_training(compose_train([*FAST, f"resume={tmp_path / 'foreign.ckpt'}"], tmp_path / "run"))
+
+
+def test_a_pixel_export_given_as_a_world_model_is_named_by_kind(tmp_path, capsys, monkeypatch):
+    from test_pixel import tiny_pixel
+
+    from deltaworld.tokenizer.checkpoint import export_safetensors
+
+    monkeypatch.delenv("DELTAWORLD_DEBUG", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    config = {"patch_size": 4, "dim": 32, "num_heads": 2, "depth": 1, "num_tokens": 2, "token_dim": 8}
+    path = export_safetensors(
+        tiny_pixel(diffusion=None),
+        tmp_path / "pixel.safetensors",
+        {"kind": "pixel_tokenizer", "format_version": 1, "frame_size": 16, "tokenizer": config},
+    )
+    with pytest.raises(SystemExit):
+        cli_main(["sample", f"world_ckpt={path}", f"out_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert "pixel.safetensors is a pixel_tokenizer export, not a world export" in err
+
+
+def test_a_context_of_repeated_frames_is_refused_naming_the_video(tmp_path):
+    from test_data import grey_frames
+
+    from deltaworld.data.video import write_video
+    from deltaworld.eval.sample import check_distinct_context, video_clip
+
+    path = tmp_path / "two_frames.mp4"
+    write_video(path, grey_frames(3, 16, 16), fps=2)  # 3 frames over 1.5 s
+    clip = video_clip(str(path), frames=5, context=4, stride=0.2, start=0.0, size=16)
+    with pytest.raises(ValueError, match=r"two_frames.mp4: context frames \[1, 2\] repeat"):
+        check_distinct_context(clip["timestamps"][None, :4], clip["frames"][None, :4], str(path))
