@@ -36,7 +36,9 @@ class ClipSource(Protocol):
 
 
 class SyntheticSource:
-    """Labelled synthetic clips (see data.synthetic.render_clip)."""
+    """Labelled synthetic clips (see data.synthetic.render_clip). `event_rate` > 0 makes the futures
+    uncertain: each object turns (within +-`event_turn` degrees) and changes speed (its initial speed
+    times a factor in `event_speed`) at random times, `event_rate` times per second on average."""
 
     def __init__(
         self,
@@ -49,6 +51,9 @@ class SyntheticSource:
         object_speed: tuple[float, float] = (0.1, 0.3),
         min_gap: float = 1 / 25,
         max_gap: float = 1 / 3,
+        event_rate: float = 0.0,
+        event_turn: float = 90.0,
+        event_speed: tuple[float, float] = (0.5, 1.5),
     ) -> None:
         self.kwargs = dict(
             num_frames=num_frames,
@@ -59,6 +64,9 @@ class SyntheticSource:
             object_speed=tuple(object_speed),
             min_gap=min_gap,
             max_gap=max_gap,
+            event_rate=event_rate,
+            event_turn=event_turn,
+            event_speed=tuple(event_speed),
         )
 
     def sample_clip(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:

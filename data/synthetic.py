@@ -4,6 +4,13 @@ segmentation and depth. Positions are functions of real time, so irregular times
 Everything random is drawn from the caller's `np.random.Generator`: one seed, one clip.
 The scene is drawn before the frame gaps, so re-rendering a seed with explicit timestamps shows
 the same scene at other times.
+
+By default objects move at constant velocity (bouncing off the borders), so a few frames determine
+the future. With `event_rate > 0` each object's velocity changes at random times (a Poisson
+process): it turns by a random angle and takes a new random speed, so the future is uncertain.
+The events are part of the scene, drawn from a copy of the caller's stream jumped far ahead, which
+leaves the caller's rng untouched: the same seed gives the same scene and frame times with events
+on or off, and the two clips agree up to the first event.
 """
 
 from dataclasses import dataclass
@@ -51,15 +58,44 @@ class Scene:
     obj_color: np.ndarray  # (n, 3)
     obj_tex_freq: np.ndarray  # (n, 2) stripe texture frequency, rad/px, fixed to the object
     obj_tex_phase: np.ndarray  # (n,)
+    obj_event_time: np.ndarray  # (n, E) seconds, ascending per object, inf after its last event; E = 0: none
+    obj_event_vel: np.ndarray  # (n, E, 2) velocity from each event on
 
 
 def _unit(angle: np.ndarray) -> np.ndarray:
-    return np.stack([np.cos(angle), np.sin(angle)], 1)  # (n, 2)
+    return np.stack([np.cos(angle), np.sin(angle)], -1)  # (..., 2)
 
 
 def _velocity(rng: np.random.Generator, n: int, lo: float, hi: float, size: np.ndarray) -> np.ndarray:
     """(n, 2) velocities covering lo..hi frame sizes per second in a uniform random direction."""
     return rng.uniform(lo, hi, (n, 1)) * _unit(rng.uniform(0, 2 * np.pi, n)) * size
+
+
+def sample_events(
+    rng: np.random.Generator,
+    vel: np.ndarray,
+    *,
+    rate: float,
+    turn: float,
+    speed: tuple[float, float],
+    span: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Velocity changes of objects moving at `vel` (n, 2) px/s: per object a Poisson process of `rate`
+    events per second over [0, span] seconds. At each event the heading turns by an angle uniform
+    in +-`turn` degrees (turns add up) and the speed becomes the object's initial speed times a
+    factor uniform in `speed` (min, max). Returns the event times (n, E), ascending, inf after an
+    object's last event, and the velocity from each event on (n, E, 2)."""
+    n = len(vel)
+    counts = rng.poisson(rate * span, n)  # (n,)
+    E = int(counts.max(initial=0))
+    times = rng.uniform(0, span, (n, E))
+    times[np.arange(E) >= counts[:, None]] = np.inf  # padding masked before sorting: real times stay i.i.d.
+    times.sort(1)
+    turns = np.deg2rad(rng.uniform(-turn, turn, (n, E)))  # (n, E)
+    factors = rng.uniform(*speed, (n, E))  # (n, E)
+    heading = np.arctan2(vel[:, 1], vel[:, 0])[:, None] + np.cumsum(turns, 1)  # (n, E)
+    new_speed = np.linalg.norm(vel, axis=1)[:, None] * factors  # (n, E)
+    return times, new_speed[..., None] * _unit(heading)
 
 
 def sample_scene(
@@ -70,13 +106,27 @@ def sample_scene(
     num_classes: int = 4,
     num_shapes: int = 3,
     object_speed: tuple[float, float] = (0.1, 0.3),
+    event_rate: float = 0.0,
+    event_turn: float = 90.0,
+    event_speed: tuple[float, float] = (0.5, 1.5),
+    event_span: float | None = None,
 ) -> Scene:
     """Draw a scene: panning background, `num_shapes` objects of classes 1..num_classes-1 moving at
-    `object_speed` (min, max) frame sizes per second."""
+    `object_speed` (min, max) frame sizes per second. With `event_rate` > 0, each object's velocity
+    changes `event_rate` times per second on average during the first `event_span` seconds (turns
+    within +-`event_turn` degrees, speed factors in `event_speed`; see `sample_events`), and moves
+    straight after them."""
     if num_shapes > 0 and num_classes < 2:
         raise ValueError("num_classes must be >= 2 (class 0 is background) when there are shapes")
     if not 0 <= object_speed[0] <= object_speed[1]:
         raise ValueError(f"object_speed must be (min, max) with 0 <= min <= max, got {tuple(object_speed)}")
+    if event_rate < 0 or event_turn < 0 or not 0 <= event_speed[0] <= event_speed[1]:
+        raise ValueError(
+            "need event_rate >= 0, event_turn >= 0 and event_speed (min, max) with 0 <= min <= max, got "
+            f"{event_rate}, {event_turn}, {tuple(event_speed)}"
+        )
+    if event_rate > 0 and (event_span is None or event_span < 0):
+        raise ValueError(f"events need event_span >= 0 seconds, got {event_span}")
     size = np.array([width, height], dtype=np.float64)
     short = min(height, width)
     # background: periods of 1/8 to 1.5 frame sizes, so it is textured yet smooth
@@ -88,7 +138,7 @@ def sample_scene(
     obj_color = PALETTE[(obj_class - 1) % len(PALETTE)] * rng.uniform(0.75, 1.05, (n, 1))
     tex_period = rng.uniform(short / 10, short / 4, n)
     tex_freq = (2 * np.pi / tex_period)[:, None] * _unit(rng.uniform(0, np.pi, n))
-    return Scene(
+    scene = Scene(
         height=height,
         width=width,
         cam_vel=_velocity(rng, 1, 0.05, 0.2, size)[0],
@@ -108,13 +158,35 @@ def sample_scene(
         obj_color=obj_color,
         obj_tex_freq=tex_freq,
         obj_tex_phase=rng.uniform(0, 2 * np.pi, n),
+        obj_event_time=np.zeros((n, 0)),
+        obj_event_vel=np.zeros((n, 0, 2)),
     )
+    if event_rate > 0:  # a jumped copy of the stream: the caller's rng stays where it is
+        scene.obj_event_time, scene.obj_event_vel = sample_events(
+            np.random.default_rng(rng.bit_generator.jumped()),
+            scene.obj_vel,
+            rate=event_rate,
+            turn=event_turn,
+            speed=event_speed,
+            span=event_span,
+        )
+    return scene
 
 
 def _bounce(x: np.ndarray, length: float) -> np.ndarray:
     """Reflect free motion into [0, length]: a ball bouncing off the frame borders."""
     u = np.mod(x, 2 * length)
     return length - np.abs(u - length)
+
+
+def object_centres(scene: Scene, timestamps: np.ndarray) -> np.ndarray:
+    """Object centres (T, n, 2) at `timestamps` (T,) seconds: free piecewise-linear motion (obj_vel,
+    then obj_event_vel from each event on) folded into the frame, i.e. bouncing off its borders."""
+    t = np.asarray(timestamps, dtype=np.float64)[:, None, None]  # (T, 1, 1)
+    vel = np.concatenate([scene.obj_vel[:, None], scene.obj_event_vel], 1)  # (n, E + 1, 2)
+    since = np.maximum(t - scene.obj_event_time, 0)  # (T, n, E) seconds since each event, 0 before it
+    free = scene.obj_pos + scene.obj_vel * t + np.einsum("tne,nec->tnc", since, np.diff(vel, axis=1))  # (T, n, 2)
+    return np.stack([_bounce(free[..., 0], scene.width), _bounce(free[..., 1], scene.height)], -1)
 
 
 def _plane_wave(freq: np.ndarray, phase: np.ndarray, xw: np.ndarray, yw: np.ndarray) -> np.ndarray:
@@ -155,12 +227,11 @@ def render_scene(scene: Scene, timestamps: np.ndarray) -> dict[str, torch.Tensor
     ]
     depth = (scene.bg_depth + scene.bg_depth_amp * depth_wave).astype(np.float32)  # (T, H, W)
     seg = np.zeros(depth.shape, dtype=np.int64)
+    centres = object_centres(scene, t).astype(np.float32)  # (T, n, 2)
 
     # painter's algorithm, far to near: nearer objects overwrite colour, class and depth
     for j in np.argsort(-scene.obj_depth, kind="stable"):
-        centre = scene.obj_pos[j] + scene.obj_vel[j] * t[:, None]  # (T, 2)
-        cx = _bounce(centre[:, 0], W).astype(np.float32)
-        cy = _bounce(centre[:, 1], H).astype(np.float32)
+        cx, cy = centres[:, j, 0], centres[:, j, 1]  # (T,) each
         dx = xs[None, None, :] - cx[:, None, None]  # (T, 1, W)
         dy = ys[None, :, None] - cy[:, None, None]  # (T, H, 1)
         cls = int(scene.obj_class[j])
@@ -194,11 +265,25 @@ def render_clip(
     min_gap: float = 1 / 25,
     max_gap: float = 1 / 3,
     timestamps: np.ndarray | None = None,
+    event_rate: float = 0.0,
+    event_turn: float = 90.0,
+    event_speed: tuple[float, float] = (0.5, 1.5),
 ) -> dict[str, torch.Tensor]:
-    """A random labelled clip (see `render_scene` for the keys). With `timestamps` given, those
-    times are rendered and `num_frames`, `min_gap`, `max_gap` are unused."""
+    """A random labelled clip (see `render_scene` for the keys). Events (`event_rate` per second per
+    object, 0 = none; see `sample_scene`) happen within the longest span a clip can cover,
+    (num_frames - 1) * max_gap seconds; motion after it is straight. With `timestamps` given, those
+    times are rendered and `num_frames`, `max_gap` only set that span (`min_gap` is unused)."""
     scene = sample_scene(
-        rng, height=height, width=width, num_classes=num_classes, num_shapes=num_shapes, object_speed=object_speed
+        rng,
+        height=height,
+        width=width,
+        num_classes=num_classes,
+        num_shapes=num_shapes,
+        object_speed=object_speed,
+        event_rate=event_rate,
+        event_turn=event_turn,
+        event_speed=event_speed,
+        event_span=(num_frames - 1) * max_gap,
     )
     if timestamps is None:
         timestamps = sample_gaps(rng, num_frames, min_gap, max_gap)

@@ -1,11 +1,13 @@
 """Synthetic clips, timestamped video decoding and clip sources (all fixtures made here)."""
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
 
 from deltaworld.data.sources import BadClipError, ClipSource, SyntheticSource, VideoFolderSource, sample_gaps
-from deltaworld.data.synthetic import Scene, render_clip, render_scene, sample_scene
+from deltaworld.data.synthetic import Scene, object_centres, render_clip, render_scene, sample_events, sample_scene
 from deltaworld.data.video import VideoDecodeError, decode_frames, probe_video, write_video
 
 FPS = 10
@@ -126,6 +128,99 @@ def test_motion_follows_real_time():
     a, b = render_clip(np.random.default_rng(3), timestamps=np.array([0.0, 1.0]))["frames"].float()
     changed = ((a - b).abs().amax(0) > 8).float().mean()
     assert 0.05 < changed < 1.0
+
+
+# --- synthetic: stochastic events ---------------------------------------------------------------
+
+
+def test_events_off_renders_as_before():
+    for seed in range(5):
+        plain = render_clip(np.random.default_rng(seed), num_frames=6, num_shapes=4)
+        off = render_clip(np.random.default_rng(seed), num_frames=6, num_shapes=4, event_rate=0.0, event_turn=10.0)
+        assert all(torch.equal(plain[k], off[k]) for k in plain)
+    a = SyntheticSource(num_frames=4, height=32, width=32).sample_clip(np.random.default_rng(1))
+    b = SyntheticSource(num_frames=4, height=32, width=32, event_rate=0.0).sample_clip(np.random.default_rng(1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_events_change_the_future_not_the_past():
+    kw = dict(height=48, width=48, num_shapes=3)
+    on = sample_scene(np.random.default_rng(1), event_rate=1.0, event_span=3.0, **kw)
+    off = sample_scene(np.random.default_rng(1), **kw)
+    assert np.isfinite(on.obj_event_time[:, 0]).all() and off.obj_event_time.shape == (3, 0)
+    for f in fields(Scene):  # the same scene but for the events
+        if not f.name.startswith("obj_event"):
+            assert np.array_equal(getattr(on, f.name), getattr(off, f.name)), f.name
+    t = np.linspace(0, 3, 61)
+    first = on.obj_event_time[:, 0]  # (n,) each object's first event
+    before = t[:, None] <= first  # (T, n)
+    a, b = object_centres(on, t), object_centres(off, t)  # (T, n, 2)
+    assert np.array_equal(a[before], b[before])
+    assert (np.abs(a - b).max(-1)[t[:, None] > first + 0.1] > 0.01).all()
+    frames_on, frames_off = render_scene(on, t)["frames"], render_scene(off, t)["frames"]
+    assert torch.equal(frames_on[t <= first.min()], frames_off[t <= first.min()])
+    assert not torch.equal(frames_on[-1], frames_off[-1])
+    # drawing the events leaves the clip's rng alone: same frame times, same first frame
+    clip_on = render_clip(np.random.default_rng(0), event_rate=2.0)
+    clip_off = render_clip(np.random.default_rng(0))
+    assert torch.equal(clip_on["timestamps"], clip_off["timestamps"])
+    assert torch.equal(clip_on["frames"][0], clip_off["frames"][0])
+    assert not torch.equal(clip_on["frames"][-1], clip_off["frames"][-1])
+
+
+def test_labels_follow_objects_through_a_turn_and_a_bounce():
+    scene = sample_scene(np.random.default_rng(0), height=64, width=64, num_classes=2, num_shapes=1)
+    scene.obj_pos, scene.obj_vel, scene.obj_radius = np.array([[20.0, 20.0]]), np.array([[20.0, 0.0]]), np.array([6.0])
+    scene.obj_event_time = np.array([[1.0, np.inf]])  # at 1 s: turn down and speed up; the padding never fires
+    scene.obj_event_vel = np.array([[[0.0, 30.0], [-50.0, 0.0]]])
+    t = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+    # straight, turned at 1 s, then back off the bottom border at 64 px (y = 20 + 60 = 80 -> 48)
+    expected = np.array([[20, 20], [30, 20], [40, 20], [40, 35], [40, 50], [40, 48]], dtype=np.float64)
+    np.testing.assert_allclose(object_centres(scene, t)[:, 0], expected, atol=1e-9)
+    clip = render_scene(scene, t)
+    seg, depth = clip["segmentation"].numpy(), clip["depth"].numpy()
+    ys, xs = np.mgrid[:64, :64] + 0.5
+    for i in range(len(t)):
+        mask = seg[i] == 1
+        centroid = np.array([xs[mask].mean(), ys[mask].mean()])
+        assert np.abs(centroid - expected[i]).max() < 0.25, (t[i], centroid)
+        assert (depth[i][mask] == np.float32(scene.obj_depth[0])).all() and (depth[i][~mask] > 20).all()
+
+
+def test_events_rerendered_at_other_times_show_the_same_trajectory():
+    kw = dict(num_frames=6, event_rate=2.0, num_shapes=4)
+    clip = render_clip(np.random.default_rng(3), **kw)
+    t = clip["timestamps"].numpy()
+    scene = sample_scene(np.random.default_rng(3), num_shapes=4, event_rate=2.0, event_span=5 / 3)
+    assert (scene.obj_event_time < t[-1]).any()  # events happen within the clip
+    again = render_clip(np.random.default_rng(3), timestamps=t, **kw)
+    assert all(torch.equal(clip[k], again[k]) for k in clip)
+    between = (t[1:] + t[:-1]) / 2
+    both = render_clip(np.random.default_rng(3), timestamps=np.concatenate([t, between]), **kw)
+    alone = render_clip(np.random.default_rng(3), timestamps=between, **kw)
+    for k in ("frames", "segmentation", "depth"):
+        assert torch.equal(both[k][:6], clip[k]) and torch.equal(both[k][6:], alone[k])
+
+
+def test_sample_events_statistics():
+    vel = np.tile([[3.0, 4.0]], (20000, 1))  # speed 5, heading atan2(4, 3)
+    times, new_vel = sample_events(np.random.default_rng(0), vel, rate=1.5, turn=30.0, speed=(0.5, 2.0), span=2.0)
+    real = np.isfinite(times)  # (n, E)
+    assert real.sum(1).mean() == pytest.approx(3.0, abs=0.05)  # Poisson mean rate * span
+    assert np.array_equal(times, np.sort(times, 1))  # ascending, the inf padding last
+    assert times[real].min() >= 0 and times[real].max() <= 2 and times[real].mean() == pytest.approx(1.0, abs=0.02)
+    ratio = np.linalg.norm(new_vel, axis=-1)[real] / 5
+    assert ratio.min() >= 0.5 and ratio.max() <= 2.0 and ratio.std() > 0.3
+    heading = np.arctan2(new_vel[..., 1], new_vel[..., 0])  # (n, E)
+    previous = np.concatenate([np.full((len(vel), 1), np.arctan2(4, 3)), heading[:, :-1]], 1)  # (n, E)
+    turns = np.rad2deg(np.angle(np.exp(1j * (heading - previous))))[real]  # wrapped to (-180, 180]
+    assert np.abs(turns).max() <= 30 + 1e-9 and np.abs(turns).mean() == pytest.approx(15, abs=0.5)
+    with pytest.raises(ValueError, match="event_speed"):
+        render_clip(np.random.default_rng(0), event_rate=1.0, event_speed=(2.0, 1.0))
+    with pytest.raises(ValueError, match="event_rate"):
+        render_clip(np.random.default_rng(0), event_rate=-1.0)
+    with pytest.raises(ValueError, match="event_span"):
+        sample_scene(np.random.default_rng(0), event_rate=1.0)
 
 
 def test_synthetic_source():
