@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import Dataset
 
+from deltaworld.eval.bootstrap import LEVEL, RESAMPLES
 from deltaworld.eval.crops import repeat_for_crops, square_crops
 from deltaworld.eval.device import resolve_device
 from deltaworld.eval.figures import diversity_plot
@@ -123,6 +124,12 @@ def run_benchmark(
         heads=heads,
         num_classes=num_classes,
         device=device,
+        seed=seed,
+    )
+    intervals = (
+        f"[low, high]: {LEVEL:.0%} paired bootstrap interval over the {len(dataset)} clips ({RESAMPLES} resamples "
+        f"with replacement, seed {seed}; every method and horizon on the same draws), each resample scored as the "
+        "full set is: mIoU from its summed confusion matrix, depth_rmse from its summed squared errors"
     )
     figures = dict(figures or {})
     figures |= {
@@ -166,7 +173,7 @@ def run_benchmark(
         figures[
             f"Diversity over {clip_count} clips: distance between hypotheses, best and mean error, per future step"
         ] = diversity_plot(out_dir / "diversity.png", stats)
-    report = write_report(out_dir, records, title=title, figures=figures, notes=[*METHOD_NOTES, *notes])
+    report = write_report(out_dir, records, title=title, figures=figures, notes=[*METHOD_NOTES, intervals, *notes])
     return report, records
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from deltaworld.data.labelled import IGNORE_INDEX
+from deltaworld.eval.bootstrap import RESAMPLES, bootstrap_records
 from deltaworld.eval.crops import (
     CropLayout,
     crops_to_label_halves,
@@ -21,7 +21,7 @@ from deltaworld.eval.crops import (
 )
 from deltaworld.eval.figures import colorize_depth, colorize_segmentation, image_grid
 from deltaworld.eval.heads import apply_head
-from deltaworld.eval.metrics import DenseMetrics
+from deltaworld.eval.metrics import DenseMetrics, feature_metrics
 from deltaworld.eval.pca import PCAProjection
 from deltaworld.eval.records import MeanAccumulator, Record
 from deltaworld.tokenizer.backbone import Backbone
@@ -45,15 +45,6 @@ def tokenizer_ceiling(deltatok: DeltaTok) -> Method:
         return {"tokenizer": recon[:, -1]}
 
     return method
-
-
-def feature_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """feat_loss: mean squared error; feat_cos: mean per-patch cosine similarity."""
-    pred, target = pred.float(), target.float()
-    return {
-        "feat_loss": F.mse_loss(pred, target).item(),
-        "feat_cos": F.cosine_similarity(pred, target, dim=-1).mean().item(),
-    }
 
 
 def batch_by_shape(items: Iterable[dict], batch_size: int) -> Iterator[dict]:
@@ -115,14 +106,16 @@ def score_heads(
     grid: tuple[int, int],
     labels: dict[str, torch.Tensor],
     layout: CropLayout,
+    clips: torch.Tensor | None = None,
 ) -> None:
-    """Heads on predicted features (n*B, N, D) -> maps at label resolution -> metric update."""
+    """Heads on predicted features (n*B, N, D) -> maps at label resolution -> metric update (per
+    clip too, given each row's clip index `clips` (n*B,))."""
     for task, target in labels.items():
         out = head_maps(heads[task], task, feats, grid, target.shape[-2:], layout)
         if task == "depth":
-            metrics.update_depth(method, horizon, out, target)
+            metrics.update_depth(method, horizon, out, target, clips)
         else:
-            metrics.update_segmentation(method, horizon, out, target)
+            metrics.update_segmentation(method, horizon, out, target, clips)
 
 
 def crop_batch(
@@ -148,14 +141,21 @@ def evaluate_forecasts(
     heads: nn.ModuleDict | None = None,
     num_classes: int | None = None,
     device: torch.device | str = "cpu",
+    resamples: int = RESAMPLES,
+    seed: int = 0,
 ) -> list[Record]:
     """Records of every method at every horizon: feat_loss and feat_cos always; miou and
-    depth_rmse for the heads given and the labels the batches carry."""
+    depth_rmse for the heads given and the labels the batches carry. Each value comes with its
+    paired-bootstrap interval over the clips (`resamples` draws, `seed`), and with the fraction of
+    the copy_last -> oracle gap it recovers (eval/bootstrap.py)."""
     features = MeanAccumulator()
     dense = DenseMetrics(num_classes=num_classes)
     tasks = list(heads) if heads is not None else []
+    seen = 0  # clips of the batches before this one
     for batch in tqdm(batches, desc=f"eval {dataset}", unit="batch"):
         frames, times, labels, layout = crop_batch(batch, tasks)
+        clips = repeat_for_crops(torch.arange(seen, seen + len(batch["frames"])), layout)  # (n*B,) each crop's clip
+        seen += len(batch["frames"])
         frames, times = frames.to(device), times.to(device)
         labels = {task: target.to(device) for task, target in labels.items()}
         feats = backbone(frames)  # (n*B, T, N, D)
@@ -164,11 +164,14 @@ def evaluate_forecasts(
         for case in forecast_cases(feats, times, grid, black, context=context, horizons=horizons):
             for method in methods:
                 for name, pred in method(case).items():
-                    for metric, value in feature_metrics(pred, case.target_feats).items():
+                    values, sums = feature_metrics(pred, case.target_feats)
+                    for metric, value in values.items():
                         features.add(name, case.horizon, metric, value, count=frames.shape[0])
+                        dense.clip_stats.add((name, case.horizon, metric), clips, sums[metric])
                     if labels:
-                        score_heads(dense, heads, name, case.horizon, pred, grid, labels, layout)
-    return features.records(dataset) + dense.records(dataset)
+                        score_heads(dense, heads, name, case.horizon, pred, grid, labels, layout, clips)
+    records = features.records(dataset) + dense.records(dataset)
+    return bootstrap_records(records, dense.clip_stats, resamples=resamples, seed=seed)
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Tidy metric records: every evaluation writes a list of {dataset, method, horizon, metric, value}."""
+"""Tidy metric records: every evaluation writes a list of {dataset, method, horizon, metric, value},
+with a confidence interval [ci_low, ci_high] where the evaluation resampled its clips."""
 
 import json
 from collections import defaultdict
@@ -14,7 +15,9 @@ class Record:
     method: str
     horizon: int
     metric: str
-    value: float
+    value: float | None  # None: undefined (a gap fraction where the two bounds coincide)
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 class MeanAccumulator:
@@ -46,16 +49,30 @@ def read_metrics(path: str | Path) -> list[Record]:
 METRIC_ORDER = ("miou", "depth_rmse", "feat_loss", "feat_cos")  # headline metrics first in tables
 
 
-def metrics_table(records: list[Record], *, lower_is_better: tuple[str, ...] = ("feat_loss", "depth_rmse")) -> str:
+def format_cell(record: Record, fmt: str, bold: bool) -> str:
+    """'0.5631 [0.541, 0.585]': the value (bold if best), then its interval where it has one."""
+    if record.value is None:
+        return "n/a"
+    text = fmt.format(record.value)
+    text = f"**{text}**" if bold else text
+    if record.ci_low is not None and record.ci_high is not None:
+        text += f" [{fmt.format(record.ci_low)}, {fmt.format(record.ci_high)}]"
+    return text
+
+
+def metrics_table(
+    records: list[Record], *, lower_is_better: tuple[str, ...] = ("feat_loss", "depth_rmse"), fmt: str = "{:.4g}"
+) -> str:
     """Markdown table: one row per (dataset, method), one column per (metric, horizon); best in bold."""
     rank = {m: i for i, m in enumerate(METRIC_ORDER)}
     columns = sorted({(r.metric, r.horizon) for r in records}, key=lambda c: (rank.get(c[0], len(rank)), c[0], c[1]))
     rows = list(dict.fromkeys((r.dataset, r.method) for r in records))
-    value = {(r.dataset, r.method, r.metric, r.horizon): r.value for r in records}
+    cell = {(r.dataset, r.method, r.metric, r.horizon): r for r in records}
     best = {}
     for dataset in {d for d, _ in rows}:
         for metric, horizon in columns:
-            vals = [value[k] for k in value if k[0] == dataset and k[2] == metric and k[3] == horizon]
+            vals = [r.value for k, r in cell.items() if k[0] == dataset and k[2:] == (metric, horizon)]
+            vals = [v for v in vals if v is not None]
             if vals:
                 best[(dataset, metric, horizon)] = (min if metric in lower_is_better else max)(vals)
     header = "| dataset | method | " + " | ".join(f"{m} h={h}" for m, h in columns) + " |"
@@ -63,8 +80,8 @@ def metrics_table(records: list[Record], *, lower_is_better: tuple[str, ...] = (
     for dataset, method in rows:
         cells = []
         for metric, horizon in columns:
-            v = value.get((dataset, method, metric, horizon))
-            text = "" if v is None else f"{v:.4g}"
-            cells.append(f"**{text}**" if v is not None and v == best.get((dataset, metric, horizon)) else text)
+            r = cell.get((dataset, method, metric, horizon))
+            is_best = r is not None and r.value is not None and r.value == best.get((dataset, metric, horizon))
+            cells.append("" if r is None else format_cell(r, fmt, is_best))
         lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,9 +1,18 @@
-"""The report at the end of every evaluation: metrics.json, report.md, figures."""
+"""The report at the end of every evaluation: metrics.json, report.md (the values, then the
+fraction of the copy_last -> oracle gap each method recovers, both with their intervals), figures."""
 
+from dataclasses import replace
 from pathlib import Path
 
+from deltaworld.eval.bootstrap import GAP_SUFFIX
 from deltaworld.eval.records import Record, metrics_table, write_metrics
 from deltaworld.tokenizer.checkpoint import atomic_write_text
+
+GAP_CAPTION = (
+    "(value - copy_last) / (oracle - copy_last) per metric and horizon: 0% is copy_last (the lower bound), "
+    "100% the oracle (the upper bound), for higher- and lower-is-better metrics alike; n/a where the two "
+    "bounds coincide. Intervals from the same paired resamples as the values'."
+)
 
 
 def write_report(
@@ -16,7 +25,12 @@ def write_report(
 ) -> Path:
     run_dir = Path(run_dir)
     write_metrics(records, run_dir / "metrics.json")
-    lines = [f"# {title}", "", metrics_table(records), ""]
+    values = [r for r in records if not r.metric.endswith(GAP_SUFFIX)]
+    gaps = [replace(r, metric=r.metric.removesuffix(GAP_SUFFIX)) for r in records if r.metric.endswith(GAP_SUFFIX)]
+    lines = [f"# {title}", "", metrics_table(values), ""]
+    if gaps:
+        table = metrics_table(gaps, lower_is_better=(), fmt="{:.1%}")
+        lines += ["## Fraction of the copy_last -> oracle gap recovered", "", GAP_CAPTION, "", table, ""]
     lines += [f"- {note}" for note in notes or []]
     for caption, path in (figures or {}).items():
         lines += ["", f"## {caption}", "", f"![{caption}]({Path(path).relative_to(run_dir)})"]

@@ -281,8 +281,15 @@ def test_heads_and_eval_commands_write_every_row_and_figure(tmp_path, world_ckpt
     assert {(m, h, k) for m in methods for h in (1, 3) for k in ("miou", "depth_rmse", "feat_loss")} <= got
     oracle = {r["horizon"]: r["value"] for r in records if r["method"] == "oracle" and r["metric"] == "feat_loss"}
     assert oracle == {1: 0.0, 3: 0.0}
+    assert all(r["ci_low"] <= r["ci_high"] for r in records if r["value"] is not None)
+    gaps = {(r["method"], r["horizon"], r["metric"]) for r in records if r["metric"].endswith("_gap_recovered")}
+    between = [m for m in methods if m not in ("oracle", "copy_last")]
+    metrics = ("miou", "depth_rmse", "feat_loss", "feat_cos")
+    assert gaps == {(m, h, f"{k}_gap_recovered") for m in between for h in (1, 3) for k in metrics}
     report = (out / "report.md").read_text()
-    assert all(f"| synthetic | {m} |" in report for m in methods)
+    values_table, gap_table = report.split("## Fraction of the copy_last -> oracle gap recovered")
+    assert all(f"| synthetic | {m} |" in values_table for m in methods)
+    assert all(f"| synthetic | {m} |" in gap_table for m in between) and "bootstrap interval over the 4 clips" in report
     for figure in ("forecast_h1.png", "forecast_h3.png", "hypotheses.png", "diversity.png"):
         assert (out / figure).stat().st_size > 0 and f"({figure})" in report
 
