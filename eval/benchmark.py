@@ -133,7 +133,7 @@ def run_benchmark(
     )
     figures = dict(figures or {})
     figures |= {
-        f"Forecasts of one clip at horizon {h}: features (PCA), segmentation, depth per method": forecast_figure(
+        f"Forecasts of one clip at horizon {h}: PCA features, segmentation, depth, RGB per method": forecast_figure(
             out_dir / f"forecast_h{h}.png",
             backbone=backbone,
             heads=heads,

@@ -1,9 +1,11 @@
-"""Figures as PNG files (matplotlib; the commands that draw choose the headless backend)."""
+"""Figures as PNG files (matplotlib; the commands that draw choose the headless backend) and
+animated GIF grids (PIL)."""
 
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from PIL import Image
 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
@@ -16,6 +18,8 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
 
 
 MAX_COLUMNS, MAX_ROWS = 16, 24  # at 1.6 in a cell and 110 dpi: at most about 12 megapixels
+CELL_PIXELS = 176  # a GIF cell's side: a PNG cell's 1.6 in at 110 dpi, so a GIF frame is capped alike
+GAP_PIXELS = 2  # black lines between GIF cells
 
 
 def image_grid(
@@ -80,6 +84,32 @@ def hypothesis_grid(
         rows.append((f"hypothesis {m}", blank + list(pca(hyp, grid))))
     titles = [f"t={t:.2f}s" + (" (ctx)" if i < tc else "") for i, t in enumerate(times)] if times else None
     return image_grid(rows, path, col_titles=titles)
+
+
+def animated_grid(
+    frames: list[list[torch.Tensor | None]], path: str | Path, *, columns: int, duration_ms: int = 400
+) -> Path:
+    """An animated GIF, looping: each frame a grid of cells, row-major in `columns` columns, each cell
+    an image (H, W, 3) float in [0, 1] resized (nearest) to CELL_PIXELS square; None stays black.
+    At most MAX_COLUMNS columns and MAX_ROWS rows are drawn (later cells left out), so a frame is
+    at most about 2.8k x 4.2k pixels, as the PNG figures are."""
+    columns = min(columns, MAX_COLUMNS)
+    cells_per_frame = min(max(len(cells) for cells in frames), columns * MAX_ROWS)
+    rows = -(-cells_per_frame // columns)
+    step = CELL_PIXELS + GAP_PIXELS
+    images = []
+    for cells in frames:
+        canvas = Image.new("RGB", (columns * step - GAP_PIXELS, rows * step - GAP_PIXELS))
+        for i, cell in enumerate(cells[:cells_per_frame]):
+            if cell is not None:
+                pixels = (cell.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (H, W, 3)
+                image = Image.fromarray(pixels).resize((CELL_PIXELS, CELL_PIXELS), Image.NEAREST)
+                canvas.paste(image, ((i % columns) * step, (i // columns) * step))
+        images.append(canvas)
+    path = Path(path)
+    # PIL stores a frame equal to the one before once, with their durations summed: the timing holds
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
+    return path
 
 
 def colorize_segmentation(labels: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:

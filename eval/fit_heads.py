@@ -47,10 +47,16 @@ def fit_heads(
     seed: int,
     device: torch.device,
 ) -> tuple[nn.ModuleDict, list[Record]]:
-    """Train heads for what `train_set` labels, score them on `eval_set`'s labelled frames, save
-    them to `path` (with the backbone's config and weight digest) and print the scores."""
+    """Train heads for what `train_set` labels (and an RGB head, for figures), score them on
+    `eval_set`'s labelled frames, save them to `path` (with the backbone's config and weight digest)
+    and print the scores."""
     torch.manual_seed(seed)  # the heads' initial weights
-    heads = build_heads(in_dim=backbone.dim, num_classes=train_set.num_classes, depth_range=train_set.depth_range)
+    heads = build_heads(
+        in_dim=backbone.dim,
+        num_classes=train_set.num_classes,
+        depth_range=train_set.depth_range,
+        rgb_patch=backbone.patch_size,
+    )
     history = train_heads(
         backbone=backbone,
         heads=heads,

@@ -20,7 +20,7 @@ from deltaworld.eval.crops import (
     square_crops,
 )
 from deltaworld.eval.figures import colorize_depth, colorize_segmentation, image_grid
-from deltaworld.eval.heads import apply_head
+from deltaworld.eval.heads import apply_head, rgb_images
 from deltaworld.eval.metrics import DenseMetrics, feature_metrics
 from deltaworld.eval.pca import PCAProjection
 from deltaworld.eval.records import MeanAccumulator, Record
@@ -189,7 +189,8 @@ def forecast_figure(
     device: torch.device | str = "cpu",
 ) -> Path:
     """One clip at one horizon: the context and target frames, then per row (truth, then every
-    method) the target's PCA feature map and its segmentation and depth maps. Non-square clips show
+    method) the target's PCA feature map, its pixels through the RGB head (when the heads have one;
+    the truth row shows the true frame) and its segmentation and depth maps. Non-square clips show
     their first square crop."""
     batch = next(batch_by_shape([clip], 1))
     frames, layout = square_crops(batch["frames"])
@@ -203,9 +204,10 @@ def forecast_figure(
         task: split_labels(batch[task], layout, fill=LABEL_FILL[task])[:1].to(device) for task in heads if task in batch
     }
     pca = PCAProjection(feats[0])
+    rgb = heads["rgb"] if "rgb" in heads else None
 
     def maps(pred: torch.Tensor) -> list[torch.Tensor]:
-        cells = [pca(pred[0], grid)]
+        cells = [pca(pred[0], grid)] + ([rgb_images(rgb, pred[:1], grid)[0]] if rgb is not None else [])
         for task, target in truth.items():
             out = head_maps(heads[task], task, pred, grid, target.shape[-2:], layout)[0]  # first crop
             cells.append(
@@ -215,13 +217,15 @@ def forecast_figure(
             )
         return cells
 
-    truth_cells = [pca(case.target_feats[0], grid)]
+    truth_cells = [pca(case.target_feats[0], grid)] + ([frames[0, -1].cpu()] if rgb is not None else [])
     if "segmentation" in truth:
         truth_cells.append(colorize_segmentation(truth["segmentation"][0], num_classes))
     if "depth" in truth:
         truth_cells.append(colorize_depth(truth["depth"][0], depth_range))
+    shows = {"PCA": True, "RGB": rgb is not None, "seg": "segmentation" in truth, "depth": "depth" in truth}
+    columns = [name for name, shown in shows.items() if shown]
     shown = [*range(feats.shape[1] - 1 - horizon - context + 1, feats.shape[1] - horizon), feats.shape[1] - 1]
-    rows = [("context | target", [frames[0, t].cpu() for t in shown]), ("truth: PCA | seg | depth", truth_cells)]
+    rows = [("context | target", [frames[0, t].cpu() for t in shown]), (f"truth: {' | '.join(columns)}", truth_cells)]
     for method in methods:
         rows += [(name, maps(pred)) for name, pred in method(case).items()]
     titles = [f"t={times[0, t]:.2f}s" for t in shown]

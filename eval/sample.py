@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 from omegaconf import DictConfig
 
 from deltaworld.data.sources import resize_center_crop
@@ -14,9 +15,12 @@ from deltaworld.data.synthetic import render_clip
 from deltaworld.data.video import decode_frames, probe_video
 from deltaworld.eval.device import resolve_device
 from deltaworld.eval.diversity import diversity_stats
-from deltaworld.eval.figures import hypothesis_grid
+from deltaworld.eval.figures import animated_grid, hypothesis_grid
+from deltaworld.eval.heads import load_heads, rgb_images
+from deltaworld.eval.pca import PCAProjection
 from deltaworld.tokenizer.backbone import Backbone
 from deltaworld.tokenizer.checkpoint import atomic_save_safetensors, atomic_write_text
+from deltaworld.tokenizer.training import parameter_digest
 from deltaworld.worldmodel.checkpoint import load_world
 from deltaworld.worldmodel.deltaworld import DeltaWorld
 from deltaworld.worldmodel.sampling import sample_futures
@@ -42,6 +46,39 @@ def video_clip(path: str, *, frames: int, context: int, stride: float, start: fl
 
 
 @torch.no_grad()
+def futures_gif(
+    path: str | Path,
+    *,
+    context_feats: torch.Tensor,
+    hypotheses: torch.Tensor,
+    grid: tuple[int, int],
+    future_feats: torch.Tensor | None = None,
+    rgb_head: nn.Module | None = None,
+    max_hypotheses: int = 8,
+    pairs_per_row: int = 4,
+) -> Path:
+    """The sampled futures as an animated GIF, one frame per context then predicted step: per
+    hypothesis (the first `max_hypotheses`) a pair of cells, the truth left and the hypothesis right,
+    `pairs_per_row` pairs to a row. Every cell is features rendered to pixels by `rgb_head` or, without
+    one, as PCA maps sharing one projection fitted on the true features; through the context every
+    cell shows the shared context, and past it a truth cell is black when the truth is unknown.
+
+    context_feats (Tc, N, D); hypotheses (M, Hf, N, D); future_feats (Hf, N, D)."""
+    known = torch.cat([context_feats] + ([future_feats] if future_feats is not None else []))
+    pca = PCAProjection(known) if rgb_head is None else None
+
+    def render(feats: torch.Tensor) -> torch.Tensor:  # (..., N, D) -> (..., H, W, 3) in [0, 1]
+        return pca(feats, grid).cpu() if pca is not None else rgb_images(rgb_head, feats, grid)
+
+    hyps = hypotheses[:max_hypotheses]
+    past, futures = render(context_feats), render(hyps)  # (Tc, H, W, 3), (m, Hf, H, W, 3)
+    truth = render(future_feats) if future_feats is not None else [None] * hyps.shape[1]
+    frames = [[past[t]] * (2 * len(hyps)) for t in range(len(past))]
+    frames += [[cell for m in range(len(hyps)) for cell in (truth[s], futures[m, s])] for s in range(hyps.shape[1])]
+    return animated_grid(frames, path, columns=2 * min(pairs_per_row, len(hyps)))
+
+
+@torch.no_grad()
 def sample_and_describe(
     backbone: Backbone,
     space: DeltaTokens | PatchTokens,
@@ -56,11 +93,14 @@ def sample_and_describe(
     out_dir: Path,
     figure_name: str,
     figure_rows: int = 8,
+    gif_name: str | None = None,
+    rgb_head: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     """Sample M futures of one clip (frames (1, T, 3, H, W) at times (1, T); the first `context`
     are the context; the rest, when they cover every future time, the ground truth) and write the
-    hypothesis grid and diversity.json into out_dir. Returns tokens (1, M, H, K, C), features
-    (1, M, H, N, D) and the patch grid."""
+    hypothesis grid and diversity.json into out_dir, and given `gif_name` the futures as a GIF
+    (`futures_gif`, its first `figure_rows` hypotheses, through `rgb_head` if given). Returns tokens
+    (1, M, H, K, C), features (1, M, H, N, D) and the patch grid."""
     feats = backbone(frames)  # (1, T, N, D)
     h, w = frames.shape[-2:]
     grid = backbone.grid(h, w)
@@ -88,7 +128,31 @@ def sample_and_describe(
         times=torch.cat((times[:, :context], future_times), 1)[0].tolist(),
         max_rows=figure_rows,
     )
+    if gif_name is not None:
+        futures_gif(
+            out_dir / gif_name,
+            context_feats=feats[0, :context],
+            hypotheses=hyps[0],
+            future_feats=None if truth is None else truth[0],
+            grid=grid,
+            rgb_head=rgb_head,
+            max_hypotheses=figure_rows,
+        )
     return tokens, hyps, grid
+
+
+def sample_rgb_head(path: str | None, backbone: Backbone, device: torch.device) -> nn.Module | None:
+    """The RGB head of a heads file (`heads=`), refused if trained on another backbone; None without
+    a file, or (logged) when the file has no RGB head: futures.gif then shows PCA maps."""
+    if not path:
+        return None
+    heads, meta = load_heads(path)
+    if meta.get("backbone_digest") != parameter_digest(backbone):
+        raise ValueError(f"heads {path} were trained on another backbone than the world model's")
+    if "rgb" not in heads:
+        log.warning("heads %s have no RGB head (written before it existed): futures.gif shows PCA maps", path)
+        return None
+    return heads["rgb"].to(device)
 
 
 @torch.no_grad()
@@ -119,11 +183,12 @@ def check_distinct_context(times: torch.Tensor, frames: torch.Tensor, source: st
 
 
 def run_sample(cfg: DictConfig) -> Path:
-    """`deltaworld sample` (conf/sample.yaml): samples.safetensors, hypotheses.png and diversity.json
-    of one clip (a video's, or a synthetic one) in cfg.out_dir."""
+    """`deltaworld sample` (conf/sample.yaml): samples.safetensors, hypotheses.png, futures.gif and
+    diversity.json of one clip (a video's, or a synthetic one) in cfg.out_dir."""
     check_sample_settings(cfg)
     device = resolve_device(cfg.device)
     backbone, space, world, meta = load_world(cfg.world_ckpt, device)
+    rgb_head = sample_rgb_head(cfg.get("heads"), backbone, device)
     size, context, horizon = meta["frame_size"], cfg.context, cfg.horizon
     if cfg.video:
         clip = video_clip(
@@ -154,6 +219,8 @@ def run_sample(cfg: DictConfig) -> Path:
         out_dir=out_dir,
         figure_name="hypotheses.png",
         figure_rows=cfg.figure_rows,
+        gif_name="futures.gif",
+        rgb_head=rgb_head,
     )
     atomic_save_safetensors(
         {
@@ -168,5 +235,8 @@ def run_sample(cfg: DictConfig) -> Path:
     stats = json.loads((out_dir / "diversity.json").read_text())
     figure = out_dir / "hypotheses.png"
     log.info("pairwise distance per step: %s", [round(v, 4) for v in stats["pairwise_distance"]])
-    print(f"samples: {out_dir / 'samples.safetensors'}\nfigure: {figure}\nstatistics: {out_dir / 'diversity.json'}")
+    print(
+        f"samples: {out_dir / 'samples.safetensors'}\nfigure: {figure}\nanimation: {out_dir / 'futures.gif'}\n"
+        f"statistics: {out_dir / 'diversity.json'}"
+    )
     return out_dir

@@ -2,6 +2,8 @@
 
 Segmentation: cross-entropy of the logits upsampled to label resolution (IGNORE_INDEX skipped).
 Depth: L1 in metres on valid pixels of the predicted depth upsampled to label resolution.
+RGB (a visualisation head): MSE on the frame's pixels in [0, 1], with its own optimizer and on
+detached features, so the other heads (and a trained backbone) step exactly as without it.
 Non-square frames go through the same two-crop split as the benchmark, so heads see what they
 will be scored on.
 """
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from deltaworld.data.labelled import IGNORE_INDEX
 from deltaworld.eval.forecast import crop_batch, head_maps, labelled_batches, score_heads
+from deltaworld.eval.heads import apply_head
 from deltaworld.eval.metrics import DenseMetrics, valid_depth
 from deltaworld.eval.records import Record
 from deltaworld.tokenizer.backbone import Backbone
@@ -35,6 +38,11 @@ def head_losses(
             pred, true = valid_depth(out, target)
             losses[task] = F.l1_loss(pred, true) if true.numel() else out.sum() * 0
     return losses
+
+
+def rgb_loss(head: nn.Module, feats: torch.Tensor, grid: tuple[int, int], frames: torch.Tensor) -> torch.Tensor:
+    """MSE of the RGB head on features (B, N, D) against their uint8 frames (B, 3, H, W), pixels in [0, 1]."""
+    return F.mse_loss(apply_head(head, feats, grid).float(), frames.float() / 255)
 
 
 def train_heads(
@@ -57,8 +65,11 @@ def train_heads(
     heads.to(device).train()
     history = []
     what = "backbone+heads" if train_backbone else "heads"
+    rgb = heads["rgb"] if "rgb" in heads else None
+    scored = [p for task, head in heads.items() if task != "rgb" for p in head.parameters()]
     with backbone.unfrozen() if train_backbone else nullcontext([]) as backbone_params:
-        optimizer = torch.optim.AdamW([*heads.parameters(), *backbone_params], lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW([*scored, *backbone_params], lr=lr, weight_decay=weight_decay)
+        rgb_optimizer = None if rgb is None else torch.optim.AdamW(rgb.parameters(), lr=lr, weight_decay=weight_decay)
         for epoch in range(epochs):
             sums: dict[str, float] = {}
             steps = 0
@@ -80,6 +91,11 @@ def train_heads(
                 optimizer.zero_grad(set_to_none=True)
                 sum(losses.values()).backward()
                 optimizer.step()
+                if rgb is not None:
+                    losses["rgb"] = rgb_loss(rgb, feats.detach(), grid, frames[:, -1].to(device))
+                    rgb_optimizer.zero_grad(set_to_none=True)
+                    losses["rgb"].backward()
+                    rgb_optimizer.step()
                 for task, loss in losses.items():
                     sums[task] = sums.get(task, 0.0) + loss.item()
                 steps += 1

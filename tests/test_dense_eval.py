@@ -356,3 +356,32 @@ def test_benchmark_scores_non_square_datasets_through_two_crops(tmp_path, tiny_b
         depth_range=dataset.depth_range,
     )
     assert figure.stat().st_size > 0
+
+
+def test_forecast_figure_draws_the_rgb_head_as_one_more_column(tmp_path, tiny_backbone):
+    from PIL import Image
+
+    dataset = SyntheticLabelled(num_clips=1, height=28, width=28)
+    widths = {}
+    for rgb_patch in (None, tiny_backbone.patch_size):
+        torch.manual_seed(0)
+        heads = build_heads(
+            in_dim=tiny_backbone.dim,
+            num_classes=dataset.num_classes,
+            depth_range=dataset.depth_range,
+            rgb_patch=rgb_patch,
+        ).eval()
+        figure = forecast_figure(
+            tmp_path / f"f{rgb_patch}.png",
+            backbone=tiny_backbone,
+            heads=heads,
+            methods=[oracle, copy_last],
+            clip=dataset[0],
+            context=2,
+            horizon=1,
+            num_classes=dataset.num_classes,
+            depth_range=dataset.depth_range,
+        )
+        widths[rgb_patch] = Image.open(figure).size[0]
+    # rows: context | target (3 cells), then PCA | seg | depth per method, and RGB with the head
+    assert widths[tiny_backbone.patch_size] > widths[None]
