@@ -29,6 +29,7 @@ from deltaworld.eval.records import metrics_table, write_metrics
 from deltaworld.tokenizer.checkpoint import atomic_save_safetensors
 from deltaworld.tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to_uint8, to_unit
 from deltaworld.tokenizer.pixel_metrics import psnr_per_frame, ssim_per_frame, token_budget
+from deltaworld.tokenizer.schema import checked_field
 from deltaworld.tokenizer.streaming import DecoderSession, EncoderSession
 
 TOKEN_FILE_KIND, TOKEN_FILE_VERSION = "pixel_tokens", 1
@@ -152,11 +153,8 @@ def read_token_file(path: str | Path) -> tuple[torch.Tensor, dict]:
             f"{path} is a {meta.get('kind')!r} file (version {meta.get('format_version')}), not a "
             f"token file of `deltaworld codec encode`"
         )
-    fields = {"ckpt": str, "source": str, "fps": float, "height": int, "width": int, "num_frames": int}
-    for key, kind in fields.items():
-        value = meta.get(key)
-        if not isinstance(value, kind | int if kind is float else kind) or isinstance(value, bool):
-            raise ValueError(f"{path}: metadata field {key!r} must be {kind.__name__}, got {value!r}")
+    for key, hint in {"ckpt": str, "source": str, "fps": float, "height": int, "width": int, "num_frames": int}.items():
+        checked_field(path, meta, key, hint)  # the exports' schema check: missing or mistyped fields named
     meta.setdefault("pad", [0, 0])
     if tokens is None or tokens.ndim != 2:
         raise ValueError(f"{path}: no (L, C) `tokens` tensor")
