@@ -3,6 +3,7 @@ figure, sampled futures of a few clips (hypothesis grid, diversity plot), report
 runs it on checkpoints; `deltaworld demo` on the models it has just trained."""
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from torch.utils.data import Dataset
 
 from deltaworld.eval.bootstrap import LEVEL, RESAMPLES
 from deltaworld.eval.crops import repeat_for_crops, square_crops
+from deltaworld.eval.curves import CURVES_CAPTION, training_curves
 from deltaworld.eval.device import resolve_device
 from deltaworld.eval.figures import diversity_plot
 from deltaworld.eval.forecast import (
@@ -33,7 +35,14 @@ from deltaworld.tokenizer.deltatok import DeltaTok
 from deltaworld.tokenizer.training import parameter_digest
 from deltaworld.worldmodel.checkpoint import load_world
 from deltaworld.worldmodel.deltaworld import DeltaWorld
-from deltaworld.worldmodel.sampling import Method, copy_last, world_forecaster
+from deltaworld.worldmodel.sampling import (
+    Method,
+    copy_last,
+    extrapolate_token,
+    repeat_token,
+    token_forecaster,
+    world_forecaster,
+)
 from deltaworld.worldmodel.spaces import DeltaTokens, PatchTokens
 
 METHOD_NOTES = (
@@ -41,6 +50,9 @@ METHOD_NOTES = (
     "copy_last: the last context frame's features (lower bound); "
     "tokenizer: the true future coded closed loop, each frame against the previous reconstruction "
     "(ceiling of token prediction)",
+    "repeat_token: the last context token at every future step; extrapolate_token: the last two context "
+    "tokens extrapolated linearly, step by step; both decoded closed loop from the last context frame as the "
+    "world model's tokens are (does the world model beat continuing the last change?)",
     "deltaworld_best: of M sampled futures, the one whose features at the target frame are closest (MSE) "
     "to the true features; deltaworld_mean: features averaged over the M futures before the heads; "
     "deterministic: one learned query instead of noise (N=1)",
@@ -80,8 +92,16 @@ def forecasting_methods(
     seed: int,
     device: torch.device | str = "cpu",
 ) -> list[Method]:
-    """The benchmark's methods, in the report's row order."""
-    methods = [oracle, copy_last, tokenizer_ceiling(deltatok)]
+    """The benchmark's methods, in the report's row order. The token baselines live in the
+    tokenizer's delta tokens, whatever space the world model predicts in."""
+    space = DeltaTokens(deltatok)
+    methods = [
+        oracle,
+        copy_last,
+        tokenizer_ceiling(deltatok),
+        token_forecaster(repeat_token, space, name="repeat_token"),
+        token_forecaster(extrapolate_token, space, name="extrapolate_token"),
+    ]
     if world:
         generator = torch.Generator(device=device).manual_seed(seed)
         methods.append(world_forecaster(world[1], world[0], samples=samples, generator=generator))
@@ -108,10 +128,12 @@ def run_benchmark(
     seed: int = 0,
     notes: list[str] = (),
     figures: dict[str, Path] | None = None,
+    training_runs: Mapping[str, str | Path] | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[Path, list[Record]]:
     """Score `methods` on `dataset`, draw the figures, write metrics.json and report.md (which
-    also shows the given `figures`, captioned by their keys)."""
+    also shows the given `figures`, captioned by their keys, and the training curves of
+    `training_runs`, name -> run folder or CSV log; a run without a log is noted, not drawn)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     num_classes, depth_range = getattr(dataset, "num_classes", None), getattr(dataset, "depth_range", None)
     records = evaluate_forecasts(
@@ -173,7 +195,13 @@ def run_benchmark(
         figures[
             f"Diversity over {clip_count} clips: distance between hypotheses, best and mean error, per future step"
         ] = diversity_plot(out_dir / "diversity.png", stats)
-    report = write_report(out_dir, records, title=title, figures=figures, notes=[*METHOD_NOTES, intervals, *notes])
+    notes = [*METHOD_NOTES, intervals, *notes]
+    if training_runs:
+        curves, missing = training_curves(out_dir / "training_curves.png", training_runs)
+        if curves is not None:
+            figures[CURVES_CAPTION] = curves
+        notes += missing
+    report = write_report(out_dir, records, title=title, figures=figures, notes=notes)
     return report, records
 
 
@@ -219,6 +247,12 @@ def run_eval(cfg: DictConfig) -> Path:
         seed=cfg.seed,
         device=device,
         notes=[f"checkpoints: world {cfg.world_ckpt}, deterministic {cfg.deterministic_ckpt}, heads {cfg.heads}"],
+        # an export lies in its run folder, beside the run's CSV log, unless it was moved
+        training_runs={
+            name: Path(ckpt).parent
+            for name, ckpt in (("world", cfg.world_ckpt), ("deterministic", cfg.deterministic_ckpt))
+            if ckpt
+        },
     )
     print(f"\nreport: {report}")
     return report

@@ -149,6 +149,7 @@ def run_demo(cfg: DictConfig, train_stage: TrainStage) -> Path:
             seed=cfg.seed,
             device=device,
             figures={"DeltaTok: true vs closed-loop reconstructed features": tokenizer_png},
+            training_runs={"world": world_path.parent, "deterministic": deterministic_path.parent},
             notes=[
                 *(
                     [

@@ -3,6 +3,12 @@
 import torch
 
 
+def hypothesis_spread(hypotheses: torch.Tensor) -> torch.Tensor:
+    """hypotheses (B, M, ...) -> the standard deviation across the M hypotheses of every entry,
+    (B, ...); 0 for one hypothesis."""
+    return hypotheses.float().std(1, unbiased=hypotheses.shape[1] > 1)
+
+
 def pairwise_distance(hypotheses: torch.Tensor) -> torch.Tensor:
     """hypotheses (B, M, H, N, D) -> mean squared distance over pairs of distinct hypotheses, per step (H,)."""
     b, m, h = hypotheses.shape[:3]
@@ -32,7 +38,7 @@ def diversity_stats(
     stats = {
         "samples": hyp.shape[1],
         "pairwise_distance": pairwise_distance(hyp).tolist(),
-        "spread": hyp.std(1, unbiased=hyp.shape[1] > 1).mean((0, 2, 3)).tolist(),
+        "spread": hypothesis_spread(hyp).mean((0, 2, 3)).tolist(),
     }
     if tokens is not None:
         stats["token_pairwise_distance"] = pairwise_distance(tokens).tolist()

@@ -146,3 +146,22 @@ def diversity_plot(path: str | Path, stats: dict) -> Path:
         ax.set_xlabel("future time (s)" if "future_times" in stats else "step")
         ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+def training_curves_plot(path: str | Path, curves: dict[str, dict[str, tuple[list[int], list[float]]]]) -> Path:
+    """Losses against the training step, curves[run][series] = (steps, values): one colour per run,
+    one line style per series; a log scale when every value is positive, as losses spanning
+    decades are."""
+    styles = ["-", "--", ":", "-."]
+    series = list(dict.fromkeys(name for run in curves.values() for name in run))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for colour, (run, logged) in enumerate(curves.items()):
+        for name, (steps, values) in logged.items():
+            style = styles[series.index(name) % len(styles)]
+            ax.plot(steps, values, style, color=f"C{colour}", linewidth=1, label=f"{run}: {name}")
+    if all(v > 0 for logged in curves.values() for _, values in logged.values() for v in values):
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)

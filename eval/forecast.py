@@ -21,12 +21,12 @@ from deltaworld.eval.crops import (
 )
 from deltaworld.eval.figures import colorize_depth, colorize_segmentation, image_grid
 from deltaworld.eval.heads import apply_head, rgb_images
-from deltaworld.eval.metrics import DenseMetrics, feature_metrics
+from deltaworld.eval.metrics import ClipStats, DenseMetrics, feature_metrics, spread_metrics
 from deltaworld.eval.pca import PCAProjection
 from deltaworld.eval.records import MeanAccumulator, Record
 from deltaworld.tokenizer.backbone import Backbone
 from deltaworld.tokenizer.deltatok import DeltaTok
-from deltaworld.worldmodel.sampling import ForecastCase, Method, forecast_cases
+from deltaworld.worldmodel.sampling import ForecastCase, Method, Predictions, forecast_cases
 
 # what an unlabelled pixel of each task holds, and what pads a label half
 LABEL_FILL = {"segmentation": IGNORE_INDEX, "depth": 0.0}
@@ -129,6 +129,22 @@ def crop_batch(
     return frames, times, labels, layout
 
 
+def add_means(
+    features: MeanAccumulator,
+    stats: ClipStats,
+    name: str,
+    horizon: int,
+    scored: tuple[dict[str, float], dict[str, torch.Tensor]],
+    clips: torch.Tensor,
+) -> None:
+    """A batch's mean metrics and each row's sums (n, 2) (`scored`), given each row's clip index
+    `clips` (n,): the running means weigh the batch by its rows, the clip statistics keep the rows."""
+    values, sums = scored
+    for metric, value in values.items():
+        features.add(name, horizon, metric, value, count=len(clips))
+        stats.add((name, horizon, metric), clips, sums[metric])
+
+
 @torch.no_grad()
 def evaluate_forecasts(
     *,
@@ -145,7 +161,8 @@ def evaluate_forecasts(
     seed: int = 0,
 ) -> list[Record]:
     """Records of every method at every horizon: feat_loss and feat_cos always; miou and
-    depth_rmse for the heads given and the labels the batches carry. Each value comes with its
+    depth_rmse for the heads given and the labels the batches carry; the hypothesis spread of the
+    methods that sample (`Predictions.hypotheses`, under their name). Each value comes with its
     paired-bootstrap interval over the clips (`resamples` draws, `seed`), and with the fraction of
     the copy_last -> oracle gap it recovers (eval/bootstrap.py)."""
     features = MeanAccumulator()
@@ -163,13 +180,17 @@ def evaluate_forecasts(
         grid, black = backbone.grid(h, w), backbone.black_features(h, w)
         for case in forecast_cases(feats, times, grid, black, context=context, horizons=horizons):
             for method in methods:
-                for name, pred in method(case).items():
-                    values, sums = feature_metrics(pred, case.target_feats)
-                    for metric, value in values.items():
-                        features.add(name, case.horizon, metric, value, count=frames.shape[0])
-                        dense.clip_stats.add((name, case.horizon, metric), clips, sums[metric])
+                out = method(case)
+                for name, pred in out.items():
+                    add_means(
+                        features, dense.clip_stats, name, case.horizon, feature_metrics(pred, case.target_feats), clips
+                    )
                     if labels:
                         score_heads(dense, heads, name, case.horizon, pred, grid, labels, layout, clips)
+                for name, hyps in (out.hypotheses if isinstance(out, Predictions) else {}).items():
+                    add_means(
+                        features, dense.clip_stats, name, case.horizon, spread_metrics(hyps.tokens, hyps.feats), clips
+                    )
     records = features.records(dataset) + dense.records(dataset)
     return bootstrap_records(records, dense.clip_stats, resamples=resamples, seed=seed)
 

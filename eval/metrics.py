@@ -3,7 +3,9 @@
 miou: torchmetrics' MulticlassJaccardIndex (macro over classes, IGNORE_INDEX skipped), from the
 confusion matrix of every scored pixel of the set. depth_rmse: global over all valid pixels of the
 set (depth > 0), as the reference computes it, not a mean of per-image RMSEs. feat_loss / feat_cos:
-mean squared error / per-patch cosine to the true features.
+mean squared error / per-patch cosine to the true features. hypothesis_spread_feat / _token: of a
+sampling method, the standard deviation across its hypotheses at the target frame, averaged over
+patches and channels of the features / over tokens and channels of the tokens.
 
 Beside these running values, `ClipStats` keeps every clip's sufficient statistics (its confusion
 matrix; its sum of squared errors and their count; ...), which add up over clips: the metric of any
@@ -22,6 +24,7 @@ from torchmetrics import MeanSquaredError
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from deltaworld.data.labelled import IGNORE_INDEX
+from deltaworld.eval.diversity import hypothesis_spread
 from deltaworld.eval.records import Record
 
 Key = tuple[str, int, str]  # (method, horizon, metric)
@@ -74,6 +77,16 @@ def feature_metrics(pred: torch.Tensor, target: torch.Tensor) -> tuple[dict[str,
     return values, {"feat_loss": row_sums((pred - target).pow(2)), "feat_cos": row_sums(cos)}
 
 
+SPREAD_METRICS = ("hypothesis_spread_feat", "hypothesis_spread_token")
+
+
+def spread_metrics(tokens: torch.Tensor, feats: torch.Tensor) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """M hypotheses of a batch at one frame, tokens (n, M, K, C) and features (n, M, N, D) -> the
+    batch's mean spread across hypotheses in each space, and each row's sums and counts (n, 2)."""
+    spreads = dict(zip(SPREAD_METRICS, (hypothesis_spread(feats), hypothesis_spread(tokens)), strict=True))
+    return {k: v.mean().item() for k, v in spreads.items()}, {k: row_sums(v) for k, v in spreads.items()}
+
+
 def miou_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
     """Confusion matrices (R, C*C) -> their mIoU (R,) as MulticlassJaccardIndex computes it: the
     IoU of each class, averaged over the classes present in the labels or the predictions."""
@@ -99,6 +112,7 @@ REDUCERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "depth_rmse": rmse_from_sums,
     "feat_loss": mean_from_sums,
     "feat_cos": mean_from_sums,
+    **dict.fromkeys(SPREAD_METRICS, mean_from_sums),
 }
 
 

@@ -61,9 +61,14 @@ def format_cell(record: Record, fmt: str, bold: bool) -> str:
 
 
 def metrics_table(
-    records: list[Record], *, lower_is_better: tuple[str, ...] = ("feat_loss", "depth_rmse"), fmt: str = "{:.4g}"
+    records: list[Record],
+    *,
+    lower_is_better: tuple[str, ...] = ("feat_loss", "depth_rmse"),
+    fmt: str = "{:.4g}",
+    bold_best: bool = True,
 ) -> str:
-    """Markdown table: one row per (dataset, method), one column per (metric, horizon); best in bold."""
+    """Markdown table: one row per (dataset, method), one column per (metric, horizon); best in bold
+    where `bold_best` (a diagnostic has no better end)."""
     rank = {m: i for i, m in enumerate(METRIC_ORDER)}
     columns = sorted({(r.metric, r.horizon) for r in records}, key=lambda c: (rank.get(c[0], len(rank)), c[0], c[1]))
     rows = list(dict.fromkeys((r.dataset, r.method) for r in records))
@@ -81,7 +86,9 @@ def metrics_table(
         cells = []
         for metric, horizon in columns:
             r = cell.get((dataset, method, metric, horizon))
-            is_best = r is not None and r.value is not None and r.value == best.get((dataset, metric, horizon))
+            is_best = (
+                bold_best and r is not None and r.value is not None and r.value == best.get((dataset, metric, horizon))
+            )
             cells.append("" if r is None else format_cell(r, fmt, is_best))
         lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -276,9 +276,22 @@ def test_heads_and_eval_commands_write_every_row_and_figure(tmp_path, world_ckpt
     )
     out = tmp_path / "eval"
     records = json.loads((out / "metrics.json").read_text())
-    methods = ["oracle", "copy_last", "tokenizer", "deltaworld_best", "deltaworld_mean", "deterministic"]
+    methods = [
+        "oracle",
+        "copy_last",
+        "tokenizer",
+        "repeat_token",
+        "extrapolate_token",
+        "deltaworld_best",
+        "deltaworld_mean",
+        "deterministic",
+    ]
     got = {(r["method"], r["horizon"], r["metric"]) for r in records}
     assert {(m, h, k) for m in methods for h in (1, 3) for k in ("miou", "depth_rmse", "feat_loss")} <= got
+    spread = ("hypothesis_spread_feat", "hypothesis_spread_token")
+    assert {(m, h, k) for m, h, k in got if k.startswith("hypothesis_spread")} == {
+        ("deltaworld", h, k) for h in (1, 3) for k in spread
+    }
     oracle = {r["horizon"]: r["value"] for r in records if r["method"] == "oracle" and r["metric"] == "feat_loss"}
     assert oracle == {1: 0.0, 3: 0.0}
     assert all(r["ci_low"] <= r["ci_high"] for r in records if r["value"] is not None)
@@ -290,7 +303,9 @@ def test_heads_and_eval_commands_write_every_row_and_figure(tmp_path, world_ckpt
     values_table, gap_table = report.split("## Fraction of the copy_last -> oracle gap recovered")
     assert all(f"| synthetic | {m} |" in values_table for m in methods)
     assert all(f"| synthetic | {m} |" in gap_table for m in between) and "bootstrap interval over the 4 clips" in report
-    for figure in ("forecast_h1.png", "forecast_h3.png", "hypotheses.png", "diversity.png"):
+    assert "## Hypothesis spread" in report and "| synthetic | deltaworld |" in report
+    # the world export lies in its run folder, beside the run's CSV log
+    for figure in ("forecast_h1.png", "forecast_h3.png", "hypotheses.png", "diversity.png", "training_curves.png"):
         assert (out / figure).stat().st_size > 0 and f"({figure})" in report
 
 
