@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deltaworld.eval.benchmark import forecasting_methods, run_benchmark
 from deltaworld.eval.configs import compose_config
@@ -42,6 +42,25 @@ def tokenizer_figure(backbone, deltatok, clip: dict, path: Path, device: torch.d
         path,
         col_titles=times,
     )
+
+
+# the clip source settings a world stage takes from the demo's: the same scenes, its own clip length
+SCENE_KEYS = ("num_classes", "num_shapes", "object_speed", "event_rate", "event_turn", "event_speed")
+
+
+def world_stage_overrides(cfg: DictConfig, accelerator: str) -> list[str]:
+    """What both world stages add to `world_stage.overrides`: the demo's scenes, where to train, and
+    the token cache they share (the same tokenizer, clips and seed give the same fingerprint, so the
+    second stage reads the tokens the first one computed)."""
+    source = OmegaConf.to_container(cfg.data.source, resolve=True)
+    scene = [f"data.source.{key}={source[key]}" for key in SCENE_KEYS]
+    cache = Path(cfg.out_dir) / "world_tokens.safetensors"
+    return [
+        *cfg.world_stage.overrides,
+        *scene,
+        f"trainer.accelerator={accelerator}",
+        f"data.token_cache={{path:'{cache}',clips:{cfg.world_stage.cache_clips}}}",
+    ]
 
 
 def train_world(
@@ -92,7 +111,7 @@ def run_demo(cfg: DictConfig, train_stage: TrainStage) -> Path:
         if cfg.backbone_stage:
             cfg.backbone.checkpoint = str(pretrain_backbone(cfg, out_dir / "backbone.safetensors", device))
     tokenizer_path = train_stage(cfg)
-    world_overrides = [*cfg.world_stage.overrides, f"trainer.accelerator={accelerator}"]
+    world_overrides = world_stage_overrides(cfg, accelerator)
     world_path = train_world(cfg, train_stage, tokenizer_path, "world", world_overrides)
     deterministic_path = train_world(
         cfg,

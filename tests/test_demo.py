@@ -35,6 +35,7 @@ def test_demo_pretrains_the_stand_in_backbone_and_scores_every_method(tmp_path, 
                 "backbone_stage.batch_size=4",
                 "heads_stage.epochs=1",
                 "world_stage.samples=2",
+                "world_stage.cache_clips=3",
                 "eval.clips=2",
                 "eval.batch_size=2",
                 "eval.figure_clips=1",
@@ -61,3 +62,10 @@ def test_demo_pretrains_the_stand_in_backbone_and_scores_every_method(tmp_path, 
     accelerator = {"cpu": "cpu", "cuda": "gpu"}[device]
     for stage in ("tokenizer", "world", "deterministic"):  # every training stage ran where `device` says
         assert OmegaConf.load(tmp_path / stage / "config.yaml").trainer.accelerator == accelerator
+    # both world stages trained on the demo's stochastic scenes, from the one token cache
+    cache = tmp_path / "world_tokens.safetensors"
+    assert cache.exists()
+    for stage in ("world", "deterministic"):
+        stage_cfg = OmegaConf.load(tmp_path / stage / "config.yaml")
+        assert stage_cfg.data.token_cache.path == str(cache) and stage_cfg.data.token_cache.clips == 3
+        assert stage_cfg.data.source.event_rate == cfg.data.source.event_rate > 0
