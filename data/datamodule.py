@@ -25,10 +25,11 @@ class ClipDataModule(L.LightningDataModule):
     """Training: an infinite deterministic stream positioned by the trainer's step (exact resume).
     Validation: a fixed set of clips.
 
-    token_cache {path, clips, rebuild}: train on the tokens of `clips` fixed training clips,
-    computed once by the LightningModule's frozen tokenizer (its `token_encoder()`) and stored at
-    `path` (a .safetensors file, or else a folder of shards streamed like video shards); a cache
-    produced by other weights or settings is refused. Validation still sees frames.
+    token_cache {path, clips, rebuild}: train on the tokens of `clips` fixed training clips (with
+    their actions where the source gives them, for an action world model), computed once by the
+    LightningModule's frozen tokenizer (its `token_encoder()`) and stored at `path` (a .safetensors
+    file, or else a folder of shards streamed like video shards); a cache produced by other weights
+    or settings is refused. Validation still sees frames.
     """
 
     def __init__(

@@ -36,6 +36,8 @@ from deltaworld.tokenizer.checkpoint import atomic_save_safetensors, atomic_writ
 log = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = "fingerprint"
+# per-frame tensors of a clip a cache stores beside its tokens when the source gives them
+CLIP_EXTRAS = ("actions",)
 # what a cache file (safetensors header) or shard folder (manifest) says it is
 CACHE_KIND, CACHE_FORMAT_VERSION = "token_cache", 1
 
@@ -159,21 +161,24 @@ def build_token_cache(
     batch_size: int,
     num_workers: int = 0,
 ) -> Path:
-    """Encode every clip's frames (B, T, 3, H, W) -> tokens (B, T, K, C) and store with timestamps,
-    as one safetensors file or (a `path` without that suffix) a folder of shards."""
+    """Encode every clip's frames (B, T, 3, H, W) -> tokens (B, T, K, C) and store with timestamps
+    (and the clips' `CLIP_EXTRAS`, e.g. actions (B, T, A), where the source gives them), as one
+    safetensors file or (a `path` without that suffix) a folder of shards."""
     loader = DataLoader(clips, batch_size=batch_size, num_workers=num_workers)
 
     def encoded() -> Iterator[dict[str, torch.Tensor]]:
         for batch in tqdm(loader, desc="token cache", unit="batch"):
             tokens = encode(batch["frames"]).float().cpu()  # (B, T, K, C)
+            extras = [k for k in CLIP_EXTRAS if k in batch]
             for b in range(len(tokens)):
-                yield {"tokens": tokens[b], "timestamps": batch["timestamps"][b].float()}
+                clip = {"tokens": tokens[b], "timestamps": batch["timestamps"][b].float()}
+                yield clip | {k: batch[k][b].float() for k in extras}
 
     if is_shard_cache(path):
         path = write_cache_shards(path, encoded(), fingerprint)
     else:
         clips_out = list(encoded())
-        stacked = {k: torch.stack([c[k] for c in clips_out]) for k in ("tokens", "timestamps")}
+        stacked = {k: torch.stack([c[k] for c in clips_out]) for k in clips_out[0]}
         path = write_token_cache(path, stacked, fingerprint)
     log.info("wrote token cache %s", path)
     return path

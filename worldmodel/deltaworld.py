@@ -4,6 +4,16 @@ A hypothesis is one Gaussian noise vector per predicted frame; its K queries are
 learned slot embedding (K > 1), so the K tokens of a frame come from one draw and stay coherent.
 Training supervises only the best of N hypotheses (best-of-N / multiple-choice learning); sampling
 draws fresh noise per step, M hypotheses in one batched forward per step.
+
+Key-frame layout (the pixel DeltaToken seed: a 24-token first frame, 8 tokens after, 24 + 119 x 8 =
+976 tokens for 120 frames): with `key_tokens` K0 != K a clip is its 1D token sequence (B, L, C),
+L = K0 + (T - 1) K, frame-major as the tokenizer emits it. The key frame's K0 tokens enter the
+context as K0 keys at frame 0's time, unpadded; nothing else changes, since frame 0 is always
+context and never predicted (a rollout starts from a context, and teacher forcing predicts frames
+1..T-1), so every query still asks for a K-token frame. Not pad-and-mask: padding every frame to
+K0 would triple the context of the seed's layout (2,880 keys instead of 976) and make every frame
+predict K0 - K dead slots; not a key-frame query slot set: its slots would never be trained. A key
+frame after frame 0 (a tokenizer's `key_interval`) is not a layout this model reads.
 """
 
 from collections.abc import Callable
@@ -23,6 +33,7 @@ class DeltaWorld(nn.Module):
         *,
         token_dim: int,
         tokens_per_frame: int = 1,
+        key_tokens: int | None = None,
         dim: int = 768,
         depth: int = 12,
         num_heads: int = 12,
@@ -33,7 +44,11 @@ class DeltaWorld(nn.Module):
         deterministic: bool = False,
     ) -> None:
         super().__init__()
+        if key_tokens is not None and key_tokens < 1:
+            raise ValueError(f"key_tokens must be >= 1 or null, got {key_tokens}")
         self.token_dim, self.tokens_per_frame, self.query_std = token_dim, tokens_per_frame, query_std
+        # frame 0's tokens (K0) in a clip's 1D sequence; no weights depend on it (see the module docstring)
+        self.key_tokens = key_tokens or tokens_per_frame
         self.predictor = Predictor(
             dim=dim,
             context_dim=token_dim,
@@ -74,14 +89,52 @@ class DeltaWorld(nn.Module):
         q = noise[..., None, :]
         return q if self.slot_embed is None else q + self.slot_embed.weight
 
+    def token_frames(self, num_frames: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Frame index (L,) of each token of a clip's 1D sequence (K0 tokens of frame 0, then K per
+        frame): `values[:, token_frames(T)]` spreads per-frame values (B, T, ...) onto the tokens."""
+        counts = torch.full((num_frames,), self.tokens_per_frame, device=device)
+        counts[0] = self.key_tokens
+        return torch.arange(num_frames, device=device).repeat_interleave(counts)
+
+    def frames_of(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Frame index (L,) of each token of a clip's T tokens in either form, per frame (B, T, K, C)
+        or the 1D sequence (B, L, C) of this model's layout (L = K0 + (T - 1) K, frame-major)."""
+        if tokens.dim() == 4 and tokens.shape[1] == num_frames:
+            return torch.arange(num_frames, device=tokens.device).repeat_interleave(tokens.shape[2])
+        frames = self.token_frames(num_frames, tokens.device)
+        if tokens.dim() != 3 or tokens.shape[1] != len(frames):
+            raise ValueError(
+                f"tokens {tuple(tokens.shape)} of {num_frames} frames are neither (B, {num_frames}, K, C) nor the "
+                f"1D sequence (B, {len(frames)}, C) of {self.key_tokens} key-frame tokens + "
+                f"{self.tokens_per_frame} a frame after"
+            )
+        return frames
+
+    def sequence(self, tokens: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A clip's tokens in either form (`frames_of`) at frame times (B, T) -> (tokens (B, L, C),
+        their times (B, L), their frame indices (L,)): what the predictor attends to."""
+        frames = self.frames_of(tokens, times.shape[1])
+        flat = rearrange(tokens, "b t k c -> b (t k) c") if tokens.dim() == 4 else tokens
+        return flat, times[:, frames], frames
+
+    def split_first_frame(self, tokens: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A clip's tokens of T frames in either form -> (every frame but the last, in the same form;
+        every frame but the first (B, T-1, K, C)): teacher forcing's context and targets."""
+        self.frames_of(tokens, num_frames)  # the layout is checked before it is cut
+        if tokens.dim() == 4:
+            return tokens[:, :-1], tokens[:, 1:]
+        k = self.tokens_per_frame
+        return tokens[:, :-k], rearrange(tokens[:, self.key_tokens :], "b (t k) c -> b t k c", k=k)
+
     def context_cache(self, tokens: torch.Tensor, times: torch.Tensor) -> KVCache:
-        """Project context tokens (B, T, K, C) at frame times (B, T) once for every block."""
-        flat = rearrange(tokens, "b t k c -> b (t k) c")
-        return self.predictor.context_cache(flat, times.repeat_interleave(tokens.shape[2], dim=1))
+        """Project context tokens (B, T, K, C) or a 1D sequence (B, L, C) at frame times (B, T) once for every block."""
+        flat, token_times, _ = self.sequence(tokens, times)
+        return self.predictor.context_cache(flat, token_times)
 
     def extend_cache(self, cache: KVCache, tokens: torch.Tensor, times: torch.Tensor) -> KVCache:
-        flat = rearrange(tokens, "b t k c -> b (t k) c")
-        return self.predictor.extend_cache(cache, flat, times.repeat_interleave(tokens.shape[2], dim=1))
+        """Append frames of tokens (B, F, K, C) at times (B, F) to a cache."""
+        flat, token_times, _ = self.sequence(tokens, times)
+        return self.predictor.extend_cache(cache, flat, token_times)
 
     def predict(
         self,
@@ -94,7 +147,8 @@ class DeltaWorld(nn.Module):
         causal: bool = False,
     ) -> torch.Tensor:
         """queries (B, F, S, K, dim) for F frames at `times` (B, F), S hypotheses each, attending to
-        context tokens (B, Tk, K, C) at `context_times` (B, Tk) or a cache -> tokens (B, F, S, K, C).
+        context tokens (B, Tk, K, C) or a 1D sequence (B, L, C) at `context_times` (B, Tk), or a
+        cache -> tokens (B, F, S, K, C).
 
         causal: teacher forcing, where query frame i is the frame after context frame i and may
         see context frames 0..i only.
@@ -105,8 +159,7 @@ class DeltaWorld(nn.Module):
             if context is None:
                 raise ValueError("causal prediction needs the context tokens")
             frames_q = torch.arange(f, device=queries.device).repeat_interleave(s * k) + 1
-            frames_k = torch.arange(context.shape[1], device=queries.device).repeat_interleave(context.shape[2])
-            mask = causal_mask(frames_q, frames_k)
+            mask = causal_mask(frames_q, self.sequence(context, context_times)[2])
         if cache is None:
             cache = self.context_cache(context, context_times)
         out = self.predictor(
@@ -128,7 +181,8 @@ class DeltaWorld(nn.Module):
         loss_fn: LossFn,
     ) -> torch.Tensor:
         """Score hypotheses noise (B, F, S, dim) for target frames (B, F, K, C) at target_times
-        (B, F), target i seeing context frames 0..i, in one pass without gradient -> (B, F, S)."""
+        (B, F), target i seeing context frames 0..i (in either form of `frames_of`), in one pass
+        without gradient -> (B, F, S)."""
         preds = self.predict(
             self.queries(noise), target_times, context=context, context_times=context_times, causal=True
         )
@@ -145,19 +199,20 @@ class DeltaWorld(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Best-of-N loss over a clip: every frame 1..T-1 predicted from the true tokens before it.
 
-        tokens (B, T, K, C), times (B, T) seconds. N hypotheses per frame are scored without
-        gradient; only the arg-min one is re-run with gradient. Returns (loss, stats) where stats
-        holds the best-of-N and mean-over-hypotheses losses of the scoring pass (their gap shows
-        whether hypotheses stay diverse).
+        tokens (B, T, K, C) or the 1D sequence (B, L, C) of a key-frame layout, times (B, T)
+        seconds. N hypotheses per frame are scored without gradient; only the arg-min one is re-run
+        with gradient. Returns (loss, stats) where stats holds the best-of-N and mean-over-hypotheses
+        losses of the scoring pass (their gap shows whether hypotheses stay diverse).
         """
         if self.deterministic and num_hypotheses != 1:
             raise ValueError(
                 f"the deterministic world model has one learned query; got num_hypotheses={num_hypotheses}"
             )
-        b, t = tokens.shape[:2]
+        b, t = times.shape
         if t < 2:
             raise ValueError(f"teacher forcing needs clips of at least 2 frames, got {t}")
-        context, context_times, targets, target_times = tokens[:, :-1], times[:, :-1], tokens[:, 1:], times[:, 1:]
+        context, targets = self.split_first_frame(tokens, t)
+        context_times, target_times = times[:, :-1], times[:, 1:]
         noise = self.draw_noise((b, t - 1, num_hypotheses), device=tokens.device, generator=generator)
         stats = {}
         if num_hypotheses > 1:
@@ -188,7 +243,8 @@ class DeltaWorld(nn.Module):
     ) -> torch.Tensor:
         """Autoregressive sampling of M hypotheses, one batched forward per step.
 
-        context tokens (B, Tc, K, C) at context_times (B, Tc); future_times (B, H) any spacing;
+        context tokens (B, Tc, K, C) or a 1D sequence (B, L, C) at context_times (B, Tc);
+        future_times (B, H) any spacing;
         noise (B, M, H, dim) overrides the draws (fresh noise per step otherwise);
         feedback(step, tokens (BM, 1, K, C)) -> tokens edits each prediction before it is output and
         becomes context (e.g. writes given actions into their channels: `worldmodel.actions`).
@@ -215,6 +271,7 @@ class DeltaWorld(nn.Module):
             if use_cache:
                 cache = self.extend_cache(cache, pred, when)
             else:
-                tokens, times = torch.cat((tokens, pred), 1), torch.cat((times, when), 1)
+                grown = pred if tokens.dim() == 4 else pred.flatten(1, 2)  # a 1D sequence grows by K tokens
+                tokens, times = torch.cat((tokens, grown), 1), torch.cat((times, when), 1)
             out.append(pred[:, 0])
         return rearrange(torch.stack(out, 1), "(b m) h k c -> b m h k c", m=samples)

@@ -1,6 +1,14 @@
-"""LightningModule that trains DeltaWorld on the tokens of a frozen backbone + DeltaTok."""
+"""LightningModule that trains DeltaWorld on the tokens of a frozen backbone + DeltaTok, optionally
+conditioned on per-frame actions, and the rollout of such an action model under given actions.
+
+With `action_dim` A > 0 each frame's action a_t (taken at frame t, driving frame t + 1) is appended
+to every one of its K tokens along channels (`worldmodel.actions.with_actions`), as the pixel action
+model does: DeltaWorld is unchanged over tokens of C + A channels, and a rollout under given actions
+writes them into each predicted frame's action channels before it becomes context.
+"""
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -14,16 +22,137 @@ from deltaworld.tokenizer.module import (
     SchedulerFactory,
 )
 from deltaworld.tokenizer.training import compile_blocks, parameter_digest, step_generator
+from deltaworld.worldmodel.actions import action_feedback, channel_weighted, with_actions
 from deltaworld.worldmodel.checkpoint import build_world, world_export, world_export_metadata
 from deltaworld.worldmodel.deltaworld import DeltaWorld
 from deltaworld.worldmodel.predictor import PredictorBlock
-from deltaworld.worldmodel.sampling import copy_last, forecast_cases, world_forecaster
-from deltaworld.worldmodel.spaces import build_space
+from deltaworld.worldmodel.sampling import (
+    ForecastCase,
+    Method,
+    copy_last,
+    forecast_cases,
+    token_forecaster,
+    token_futures,
+    world_forecaster,
+)
+from deltaworld.worldmodel.spaces import DeltaTokens, PatchTokens, build_space
+
+
+@torch.no_grad()
+def action_rollout(
+    world: DeltaWorld,
+    context: torch.Tensor,
+    context_times: torch.Tensor,
+    future_times: torch.Tensor,
+    *,
+    context_actions: torch.Tensor,
+    future_actions: torch.Tensor,
+    samples: int,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """M futures of an action world model under given actions: context tokens (B, Tc, K, C) at
+    context_times (B, Tc), whose frames took context_actions (B, Tc, A) (the last one drives the
+    first future frame), future_times (B, H) and the actions taken at the future frames
+    future_actions (B, H, A) -> future tokens (B, M, H, K, C), action channels dropped."""
+    a = context_actions.shape[-1]
+    if context.shape[-1] + a != world.token_dim or future_actions.shape[-1] != a:
+        raise ValueError(
+            f"tokens of {context.shape[-1]} channels with actions of {a} (given {future_actions.shape[-1]} "
+            f"in the future) do not make the world model's {world.token_dim} channels"
+        )
+    pred = world.rollout(
+        with_actions(context, context_actions),
+        context_times,
+        future_times,
+        samples=samples,
+        generator=generator,
+        noise=noise,
+        feedback=action_feedback(future_actions, samples),
+    )
+    return pred[..., :-a]
+
+
+def action_futures(
+    world: DeltaWorld,
+    space: DeltaTokens | PatchTokens,
+    context_feats: torch.Tensor,
+    context_times: torch.Tensor,
+    future_times: torch.Tensor,
+    *,
+    context_actions: torch.Tensor,
+    future_actions: torch.Tensor,
+    grid: tuple[int, int],
+    black: torch.Tensor,
+    samples: int,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sampling.sample_futures` for an action world model (`load_world`'s metadata["action_dim"]
+    > 0): M futures of context features (B, Tc, N, D) under the actions of `action_rollout`.
+    Returns tokens (B, M, H, K, C) and features (B, M, H, N, D)."""
+    predict = partial(
+        action_rollout,
+        world,
+        context_actions=context_actions,
+        future_actions=future_actions,
+        samples=samples,
+        generator=generator,
+        noise=noise,
+    )
+    return token_futures(predict, space, context_feats, context_times, future_times, grid=grid, black=black)
+
+
+def action_forecaster(
+    world: DeltaWorld,
+    space: DeltaTokens | PatchTokens,
+    actions: torch.Tensor,
+    given: torch.Tensor,
+    *,
+    samples: int,
+    name: str,
+    generator: torch.Generator | None = None,
+) -> Method:
+    """A validation method over `forecast_cases` of clips whose frames took `actions` (B, T, A): the
+    future is rolled out under `given` (B, T, A) from the last context frame's action on (the ones
+    that drive the future frames), the true actions before it."""
+
+    def method(case: ForecastCase) -> dict[str, torch.Tensor]:
+        # forecast_cases ends every case's future at the clip's last frame
+        t, h, c = actions.shape[1], case.future_times.shape[1], case.context_times.shape[1]
+        start, drive = t - h - c, t - h - 1  # the first context frame; the last, whose action drives the future
+        predict = partial(
+            action_rollout,
+            world,
+            context_actions=torch.cat((actions[:, start:drive], given[:, drive : t - h]), 1),
+            future_actions=given[:, t - h :],
+            samples=samples,
+            generator=generator,
+        )
+        return token_forecaster(predict, space, name=name)(case)
+
+    return method
+
+
+def checked_actions(batch: dict, action_dim: int) -> torch.Tensor:
+    """A batch's per-frame actions (B, T, A), refused unless present with `action_dim` channels."""
+    if "actions" not in batch:
+        raise ValueError("an action world model needs batches with 'actions' (B, T, A): use data=actions")
+    actions = batch["actions"]
+    if actions.shape[-1] != action_dim:
+        raise ValueError(f"batch actions have {actions.shape[-1]} channels, the model was built for {action_dim}")
+    return actions
 
 
 class WorldModule(FrozenBackboneModule):
     """Best-of-N teacher forcing over clips of T frames (tokens from the frames, or from a token
-    cache when the datamodule provides batches with "tokens")."""
+    cache when the datamodule provides batches with "tokens").
+
+    action_dim A > 0: batches carry "actions" (B, T, A), appended to the tokens; the loss scales
+    the action channels by `action_weight` (0 = conditioning only) and validation rolls out under
+    the true actions and under another clip's (`deltaworld_shuffled_actions`): a model that uses
+    its actions has the lower feature loss with the true ones.
+    """
 
     frozen_modules = ("backbone", "deltatok")
 
@@ -36,6 +165,8 @@ class WorldModule(FrozenBackboneModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory,
         space: str = "delta",
+        action_dim: int = 0,
+        action_weight: float = 0.1,
         num_hypotheses: int = 256,
         eval_samples: int = 20,
         loss: str = "smooth_l1",
@@ -58,12 +189,18 @@ class WorldModule(FrozenBackboneModule):
         # tokenizer's); the export records it, since it is the size the world model knows
         self.frame_size = frame_size or self.tokenizer_metadata["frame_size"]
         grid = self.backbone.grid(self.frame_size, self.frame_size)
-        self.world = build_world(world, self.space, num_patches=grid[0] * grid[1], feature_dim=self.backbone.dim)
+        if action_dim < 0:
+            raise ValueError(f"action_dim must be >= 0 (0 = no actions), got {action_dim}")
+        self.world = build_world(
+            world, self.space, num_patches=grid[0] * grid[1], feature_dim=self.backbone.dim, action_dim=action_dim
+        )
         if self.world.deterministic and num_hypotheses != 1:
             raise ValueError(f"a deterministic world model trains with num_hypotheses=1, got {num_hypotheses}")
         if compile:
             compile_blocks(self.world, PredictorBlock)
         self.criterion = feature_loss(loss, beta=loss_beta)
+        if action_dim:
+            self.criterion = channel_weighted(self.criterion, self.world.token_dim - action_dim, action_weight)
 
     def trainable(self) -> DeltaWorld:
         return self.world
@@ -84,10 +221,14 @@ class WorldModule(FrozenBackboneModule):
             "tokenizer": self.tokenizer_metadata["tokenizer"],
             "tokenizer_weights": parameter_digest(self.deltatok)[:16],
         }
+        if self.hparams.action_dim:  # its cache must carry the clips' actions (older caches hold none)
+            fingerprint["actions"] = self.hparams.action_dim
         return self.encode_frames, fingerprint
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         tokens = batch["tokens"] if "tokens" in batch else self.encode_frames(batch["frames"])  # (B, T, K, C)
+        if self.hparams.action_dim:
+            tokens = with_actions(tokens, checked_actions(batch, self.hparams.action_dim))  # (B, T, K, C + A)
         loss, stats = self.world.teacher_forced_loss(
             tokens,
             batch["timestamps"].to(tokens.dtype),
@@ -106,15 +247,7 @@ class WorldModule(FrozenBackboneModule):
         h, w = frames.shape[-2:]
         feats = self.backbone(frames)
         samples = 1 if self.world.deterministic else self.hparams.eval_samples
-        methods = [
-            copy_last,
-            world_forecaster(
-                self.world,
-                self.space,
-                samples=samples,
-                generator=step_generator(self.hparams.seed, batch_idx, self.device),
-            ),
-        ]
+        methods = [copy_last, *self.world_methods(batch, batch_idx, samples)]
         cases = forecast_cases(
             feats,
             batch["timestamps"].to(feats.dtype),
@@ -129,6 +262,19 @@ class WorldModule(FrozenBackboneModule):
                     loss = nn.functional.mse_loss(pred.float(), case.target_feats.float())
                     self.log(f"val/feat_loss_{name}_h{case.horizon}", loss, batch_size=frames.shape[0])
 
+    def world_methods(self, batch: dict, batch_idx: int, samples: int) -> list[Method]:
+        """The world model's validation methods: plain rollouts, or rollouts under the true and under
+        another clip's actions (its own negated when the batch holds one clip), each from the same draws."""
+        generator = partial(step_generator, self.hparams.seed, batch_idx, self.device)
+        if not self.hparams.action_dim:
+            return [world_forecaster(self.world, self.space, samples=samples, generator=generator())]
+        actions = checked_actions(batch, self.hparams.action_dim)
+        other = actions.roll(1, 0) if actions.shape[0] > 1 else -actions
+        return [
+            action_forecaster(self.world, self.space, actions, given, samples=samples, name=name, generator=generator())
+            for name, given in (("deltaworld", actions), ("deltaworld_shuffled_actions", other))
+        ]
+
     def exported(self) -> nn.Module:
         return world_export(self.world, self.deltatok)
 
@@ -137,5 +283,9 @@ class WorldModule(FrozenBackboneModule):
         tokenizer_metadata = {k: self.tokenizer_metadata[k] for k in ("backbone", "tokenizer")}
         tokenizer_metadata["frame_size"] = self.frame_size
         return world_export_metadata(
-            self.world, tokenizer_metadata=tokenizer_metadata, world_config=cfg["world"], space=self.space.name
+            self.world,
+            tokenizer_metadata=tokenizer_metadata,
+            world_config=cfg["world"],
+            space=self.space.name,
+            action_dim=self.hparams.action_dim,
         )
