@@ -16,6 +16,7 @@ COMMANDS = {
     "train": Command("deltaworld.train", "train a stage from Hydra configs (experiment=<preset>, -m to sweep)"),
     "demo": Command("deltaworld.demo", "CPU end-to-end demo on synthetic labelled video; writes a report"),
     "sample": Command("deltaworld.sample", "sample M futures of a clip from a world model: figures, tokens, diversity"),
+    "plan": Command("deltaworld.plan", "plan actions toward a goal with an action world model; closed-loop benchmark"),
     "heads": Command("deltaworld.heads", "train the linear segmentation/depth heads on a labelled set's features"),
     "eval": Command("deltaworld.evaluate", "dense forecasting benchmark: metrics.json, report.md, figures"),
     "shards": Command("deltaworld.shards", "pack a folder tree of videos into webdataset shards (resumable)"),

@@ -3,6 +3,7 @@ the benchmark's hypothesis grid. The sampling itself is `worldmodel.sampling.sam
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +11,21 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from deltaworld.data.actions import ActionSource, load_actions
 from deltaworld.data.sources import resize_center_crop
 from deltaworld.data.synthetic import render_clip
 from deltaworld.data.video import decode_frames, probe_video
 from deltaworld.eval.device import resolve_device
 from deltaworld.eval.diversity import diversity_stats
-from deltaworld.eval.figures import animated_grid, hypothesis_grid
+from deltaworld.eval.figures import animated_grid, hypothesis_grid, image_grid
 from deltaworld.eval.heads import load_heads, rgb_images
 from deltaworld.eval.pca import PCAProjection
+from deltaworld.eval.plan_models import MAKE, ActionWorld, load_action_world, takes_actions
 from deltaworld.tokenizer.backbone import Backbone
 from deltaworld.tokenizer.checkpoint import atomic_save_safetensors, atomic_write_text
+from deltaworld.tokenizer.pixel import to_uint8, to_unit
 from deltaworld.tokenizer.training import parameter_digest
+from deltaworld.worldmodel.actions import split_actions
 from deltaworld.worldmodel.checkpoint import load_world
 from deltaworld.worldmodel.deltaworld import DeltaWorld
 from deltaworld.worldmodel.sampling import sample_futures
@@ -71,11 +76,25 @@ def futures_gif(
         return pca(feats, grid).cpu() if pca is not None else rgb_images(rgb_head, feats, grid)
 
     hyps = hypotheses[:max_hypotheses]
-    past, futures = render(context_feats), render(hyps)  # (Tc, H, W, 3), (m, Hf, H, W, 3)
-    truth = render(future_feats) if future_feats is not None else [None] * hyps.shape[1]
-    frames = [[past[t]] * (2 * len(hyps)) for t in range(len(past))]
-    frames += [[cell for m in range(len(hyps)) for cell in (truth[s], futures[m, s])] for s in range(hyps.shape[1])]
-    return animated_grid(frames, path, columns=2 * min(pairs_per_row, len(hyps)))
+    truth = render(future_feats) if future_feats is not None else None
+    return futures_animation(path, render(context_feats), render(hyps), truth, pairs_per_row=pairs_per_row)
+
+
+def futures_animation(
+    path: str | Path,
+    past: torch.Tensor,
+    futures: torch.Tensor,
+    truth: torch.Tensor | None,
+    *,
+    pairs_per_row: int = 4,
+) -> Path:
+    """The layout of `futures_gif` for images (H, W, 3) in [0, 1]: past (Tc, ...), futures
+    (m, Hf, ...), truth (Hf, ...) or None (black cells)."""
+    truth = [None] * futures.shape[1] if truth is None else truth
+    m = len(futures)
+    frames = [[past[t]] * (2 * m) for t in range(len(past))]
+    frames += [[cell for i in range(m) for cell in (truth[s], futures[i, s])] for s in range(futures.shape[1])]
+    return animated_grid(frames, path, columns=2 * min(pairs_per_row, m))
 
 
 @torch.no_grad()
@@ -182,30 +201,55 @@ def check_distinct_context(times: torch.Tensor, frames: torch.Tensor, source: st
         )
 
 
-def run_sample(cfg: DictConfig) -> Path:
-    """`deltaworld sample` (conf/sample.yaml): samples.safetensors, hypotheses.png, futures.gif and
-    diversity.json of one clip (a video's, or a synthetic one) in cfg.out_dir."""
-    check_sample_settings(cfg)
-    device = resolve_device(cfg.device)
-    backbone, space, world, meta = load_world(cfg.world_ckpt, device)
-    rgb_head = sample_rgb_head(cfg.get("heads"), backbone, device)
-    size, context, horizon = meta["frame_size"], cfg.context, cfg.horizon
+def sample_input(
+    cfg: DictConfig, size: int, device: torch.device, synthetic: Callable[[np.random.Generator], dict]
+) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The clip `deltaworld sample` starts from (the video's, or `synthetic(rng)` seeded by cfg.seed)
+    -> (clip, frames uint8 (1, T, 3, H, W), times (1, T), future_times (1, horizon)); T = context
+    + horizon when the clip holds the ground truth, else context."""
+    context, horizon = cfg.context, cfg.horizon
     if cfg.video:
         clip = video_clip(
             cfg.video, frames=context + horizon, context=context, stride=cfg.stride, start=cfg.start, size=size
         )
     else:
-        clip = render_clip(np.random.default_rng(cfg.seed), num_frames=context + horizon, height=size, width=size)
+        clip = synthetic(np.random.default_rng(cfg.seed))
     frames, times = clip["frames"][None].to(device), clip["timestamps"][None].to(device)  # (1, T, 3, H, W), (1, T)
     if cfg.video:
         check_distinct_context(times[:, :context], frames[:, :context], cfg.video)
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if frames.shape[1] == context + horizon:  # the video has the ground truth
+    if frames.shape[1] == context + horizon:  # the clip has the ground truth
         future_times = times[:, context:]
     else:  # predicted frames go on `stride` apart after the last context frame
         future_times = times[:, context - 1 : context] + cfg.stride * torch.arange(1, horizon + 1, device=device)
+    return clip, frames, times, future_times
 
+
+def run_sample(cfg: DictConfig) -> Path:
+    """`deltaworld sample` (conf/sample.yaml): samples.safetensors, hypotheses.png, futures.gif and
+    diversity.json of one clip (a video's, or a synthetic one) in cfg.out_dir; with an action world
+    model and `actions=`, the futures under those actions (`run_action_sample`)."""
+    check_sample_settings(cfg)
+    device = resolve_device(cfg.device)
+    if takes_actions(cfg.world_ckpt) != bool(cfg.get("actions")):
+        if cfg.get("actions"):
+            raise ValueError(
+                f"actions={cfg.actions}: world_ckpt={cfg.world_ckpt} is a world model without actions; "
+                f"an action world model takes them ({MAKE})"
+            )
+        raise ValueError(
+            f"world_ckpt={cfg.world_ckpt} is an action world model: pass the future's actions=<file> "
+            "(a (T, A) array, .npy or .json; row 0 is the action at the last context frame)"
+        )
+    if cfg.get("actions"):
+        return run_action_sample(cfg, load_action_world(cfg.world_ckpt, device), device)
+    backbone, space, world, meta = load_world(cfg.world_ckpt, device)
+    rgb_head = sample_rgb_head(cfg.get("heads"), backbone, device)
+    context, size = cfg.context, meta["frame_size"]
+    _, frames, times, future_times = sample_input(
+        cfg, size, device, lambda rng: render_clip(rng, num_frames=context + cfg.horizon, height=size, width=size)
+    )
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     tokens, hyps, grid = sample_and_describe(
         backbone,
         space,
@@ -232,11 +276,83 @@ def run_sample(cfg: DictConfig) -> Path:
         out_dir / "samples.safetensors",
         {"world_ckpt": str(cfg.world_ckpt), "video": str(cfg.video), "grid": json.dumps(list(grid))},
     )
+    report_written(out_dir)
+    return out_dir
+
+
+def report_written(out_dir: Path) -> None:
     stats = json.loads((out_dir / "diversity.json").read_text())
-    figure = out_dir / "hypotheses.png"
     log.info("pairwise distance per step: %s", [round(v, 4) for v in stats["pairwise_distance"]])
     print(
-        f"samples: {out_dir / 'samples.safetensors'}\nfigure: {figure}\nanimation: {out_dir / 'futures.gif'}\n"
-        f"statistics: {out_dir / 'diversity.json'}"
+        f"samples: {out_dir / 'samples.safetensors'}\nfigure: {out_dir / 'hypotheses.png'}\n"
+        f"animation: {out_dir / 'futures.gif'}\nstatistics: {out_dir / 'diversity.json'}"
     )
+
+
+def unit_images(frames: torch.Tensor) -> torch.Tensor:
+    """Frames (..., 3, H, W) in [-1, 1] -> images (..., H, W, 3) in [0, 1], as the figures draw them."""
+    return ((frames.float().clamp(-1, 1) + 1) / 2).movedim(-3, -1).cpu()
+
+
+@torch.no_grad()
+def run_action_sample(cfg: DictConfig, model: ActionWorld, device: torch.device) -> Path:
+    """M futures of one clip under the actions of cfg.actions ((T, A), T >= horizon: row 0 is taken
+    at the last context frame and drives the first predicted frame, row h at predicted frame h - 1).
+    The context frames' own earlier actions are the synthetic clip's, or zeros for a video (whose
+    actions are unknown). Writes what `deltaworld sample` writes, the features being the decoded
+    frames: samples.safetensors (tokens, frames uint8 (M, H, 3, h, w), actions), hypotheses.png,
+    futures.gif (the video's future, where it has one, beside each hypothesis) and diversity.json
+    (over pixels)."""
+    context, horizon, size = cfg.context, cfg.horizon, model.frame_size
+    actions = load_actions(cfg.actions, action_dim=model.action_dim, length=horizon)[:horizon].to(device)
+    source = ActionSource(num_frames=context + horizon, height=size, width=size)
+    clip, frames, times, future_times = sample_input(cfg, size, device, source.sample_clip)
+    if cfg.video:
+        if context > 1:
+            log.warning("the actions of the video's context frames are unknown: taken as zeros")
+        past = actions.new_zeros(1, context - 1, model.action_dim)
+    else:
+        past = clip["actions"][None, : context - 1].to(device)
+    context_actions, future_actions = split_actions(past, actions[None])
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokens, futures = model.futures(
+        frames[:, :context],
+        times[:, :context],
+        context_actions,
+        future_times,
+        future_actions,
+        samples=cfg.samples,
+        generator=torch.Generator(device=device).manual_seed(cfg.seed),
+    )  # (1, M, H, ...), (1, M, H, 3, h, w)
+    # the synthetic clip's future follows its own actions, not the given ones: no ground truth then
+    truth = to_unit(frames[0, context:]) if cfg.video and frames.shape[1] == context + horizon else None
+    shown = unit_images(futures[0, : cfg.figure_rows])  # (m, H, h, w, 3)
+    past_images = unit_images(to_unit(frames[0, :context]))
+    truth_images = None if truth is None else unit_images(truth)
+    stats = diversity_stats(
+        unit_images(futures).flatten(3, 4),  # (1, M, H, h*w, 3): pixels as the "features"
+        None if truth_images is None else truth_images[None].flatten(2, 3),
+        times=future_times[0].tolist(),
+        tokens=tokens,
+    )
+    atomic_write_text(out_dir / "diversity.json", json.dumps(stats, indent=2) + "\n")
+    all_times = torch.cat((times[:, :context], future_times), 1)[0].tolist()
+    rows = [("frames", [*past_images, *([] if truth_images is None else truth_images)])]
+    rows += [(f"hypothesis {m}", [None] * context + list(hyp)) for m, hyp in enumerate(shown)]
+    titles = [f"t={t:.2f}s" + (" (ctx)" if i < context else "") for i, t in enumerate(all_times)]
+    image_grid(rows, out_dir / "hypotheses.png", col_titles=titles)
+    futures_animation(out_dir / "futures.gif", past_images, shown, truth_images)
+    atomic_save_safetensors(
+        {
+            "tokens": tokens[0],
+            "frames": to_uint8(futures[0]),
+            "actions": actions,
+            "context_times": times[0, :context],
+            "future_times": future_times[0],
+        },
+        out_dir / "samples.safetensors",
+        {"world_ckpt": str(cfg.world_ckpt), "video": str(cfg.video), "actions": str(cfg.actions)},
+    )
+    report_written(out_dir)
     return out_dir

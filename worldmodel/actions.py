@@ -7,12 +7,14 @@ generation). Conditioning on given actions writes them into the action channels 
 frame before it becomes context (`DeltaWorld.rollout(feedback=...)`).
 """
 
+import os
 from collections.abc import Callable
 
 import torch
 from einops import repeat
 from torch import nn
 
+from deltaworld.tokenizer.checkpoint import load_weights, read_metadata, strip_prefix
 from deltaworld.tokenizer.losses import feature_loss
 from deltaworld.tokenizer.module import (
     FACTORY_ARGS,
@@ -22,8 +24,9 @@ from deltaworld.tokenizer.module import (
 )
 from deltaworld.tokenizer.pixel import PixelDeltaToken, load_pixel_tokenizer, to_unit
 from deltaworld.tokenizer.pixel_metrics import psnr_per_frame
-from deltaworld.tokenizer.schema import stamp
+from deltaworld.tokenizer.schema import SchemaError, checked_config, checked_field, expect_kind, stamp
 from deltaworld.tokenizer.training import compile_blocks, step_generator
+from deltaworld.worldmodel.checkpoint import WORLD
 from deltaworld.worldmodel.deltaworld import DeltaWorld, LossFn
 from deltaworld.worldmodel.predictor import PredictorBlock
 
@@ -59,6 +62,14 @@ def action_feedback(actions: torch.Tensor, samples: int) -> Callable[[int, torch
     return feedback
 
 
+def split_actions(past: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actions of a rollout from the context's end: past (B, Tc - 1, A), taken at the context
+    frames before the last, and actions (B, H, A) from the last context frame on (row 0 drives the
+    first predicted frame) -> the context's (B, Tc, A) and the predicted frames' (B, H, A). The last
+    predicted frame's action drives no frame within the horizon: its slot repeats the last given."""
+    return torch.cat((past, actions[:, :1]), 1), torch.cat((actions[:, 1:], actions[:, -1:]), 1)
+
+
 @torch.no_grad()
 def sample_action_futures(
     world: DeltaWorld,
@@ -76,14 +87,49 @@ def sample_action_futures(
     [-1, 1] with their actions (B, Tc, A), at future_times (B, H). With future_actions (B, H, A)
     the rollout is conditioned on them; without, the model samples the actions too."""
     tokens, recon = tokenizer.encode_video(frames)
-    context = with_actions(tokenizer.frame_tokens(tokens), actions)
+    _, futures = rollout_frames(
+        world,
+        tokenizer,
+        tokenizer.frame_tokens(tokens),
+        recon[:, -1],
+        times,
+        actions,
+        future_times,
+        future_actions=future_actions,
+        samples=samples,
+        generator=generator,
+    )
+    return futures
+
+
+@torch.no_grad()
+def rollout_frames(
+    world: DeltaWorld,
+    tokenizer: PixelDeltaToken,
+    tokens: torch.Tensor,
+    last: torch.Tensor,
+    times: torch.Tensor,
+    actions: torch.Tensor,
+    future_times: torch.Tensor,
+    *,
+    future_actions: torch.Tensor | None = None,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_action_futures` from an encoded context: frame tokens (B, Tc, K, C) and the last
+    context frame's reconstruction (B, 3, H, W), so a context coded once serves many action
+    sequences (a planner's candidates); noise (B, M, H, dim) overrides the rollout's draws.
+    Returns the predicted tokens (B, M, H, K, C + A) and frames (B, M, H, 3, H, W) in [-1, 1]."""
+    context = with_actions(tokens, actions)
     feedback = None if future_actions is None else action_feedback(future_actions, samples)
-    pred = world.rollout(context, times, future_times, samples=samples, generator=generator, feedback=feedback)
+    pred = world.rollout(
+        context, times, future_times, samples=samples, generator=generator, noise=noise, feedback=feedback
+    )
     b, m, h = pred.shape[:3]
     video = pred[..., : tokenizer.token_dim].flatten(0, 1)  # (B*M, H, K, C)
-    last = recon[:, -1].repeat_interleave(m, dim=0)
-    out = tokenizer.decode_video(video, frames.shape[-2:], start=frames.shape[1], prev=last)
-    return out.unflatten(0, (b, m))
+    out = tokenizer.decode_video(video, last.shape[-2:], start=tokens.shape[1], prev=last.repeat_interleave(m, dim=0))
+    return pred, out.unflatten(0, (b, m))
 
 
 class ActionWorldModule(FrozenBackboneModule):
@@ -200,3 +246,28 @@ class ActionWorldModule(FrozenBackboneModule):
                 "action_dim": self.hparams.action_dim,
             },
         )
+
+
+def load_pixel_world(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[DeltaWorld, PixelDeltaToken, dict]:
+    """Frozen (world model, pixel tokenizer, metadata) from the export `ActionWorldModule` writes
+    (kind `pixel_world`), every config checked before anything is built; metadata["action_dim"]
+    says how many of the world's token channels are the action."""
+    meta = read_metadata(path)
+    expect_kind(
+        path, meta, ("pixel_world",), "deltaworld train experiment=pixel_world_actions_cpu tokenizer_ckpt=<file>"
+    )
+    world_args = checked_config(path, meta, "world", WORLD)
+    tokens_per_frame, token_dim = checked_field(path, meta, "token_shape", tuple[int, int])
+    action_dim = checked_field(path, meta, "action_dim", int)
+    checked_field(path, meta, "frame_size", int)
+    tokenizer, _ = load_pixel_tokenizer(path, device)
+    if (tokens_per_frame, token_dim) != (tokenizer.num_tokens, tokenizer.token_dim + action_dim) or action_dim < 1:
+        raise SchemaError(
+            f"{path}: token_shape {[tokens_per_frame, token_dim]} does not fit its tokenizer "
+            f"({tokenizer.num_tokens} tokens of {tokenizer.token_dim} channels) + action_dim={action_dim}"
+        )
+    world = WORLD.fn(**world_args, token_dim=token_dim, tokens_per_frame=tokens_per_frame)
+    world.load_state_dict(strip_prefix(load_weights(path), "world."))
+    return world.requires_grad_(False).eval().to(device), tokenizer, meta
