@@ -31,8 +31,9 @@ OPTIONS = {
     "codec": "action: ???",
     "import-official": "out: ???",
     "bench": "what: ???",
+    "plan": "world_ckpt: null",
 }
-COMPOSED = ("train", "demo", "heads", "eval", "import-official")  # commands composed from config groups
+COMPOSED = ("train", "demo", "heads", "eval", "import-official", "plan")  # commands composed from config groups
 
 
 @pytest.fixture(scope="module")
